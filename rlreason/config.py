@@ -1,0 +1,398 @@
+"""Typed, frozen configuration: dataclasses loaded from YAML, overridden by dotted `key=value` pairs.
+
+Every field is checked once, at load time, against its annotation. A wrong key or value raises
+`ConfigError` naming the dotted key, what was given and what is allowed, before any expensive work.
+Configs are never mutated afterwards; derive a new one with `dataclasses.replace` where needed.
+
+This module imports nothing else from rlreason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The configuration tree
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer of the Llama / Qwen2 / Qwen3 / Gemma family.
+
+    Field names follow Hugging Face's config.json where one exists, so imports map one to one.
+    """
+
+    family: Literal["llama", "qwen2", "qwen3", "gemma", "gemma2"] = "llama"
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 384
+    hidden_act: Literal["silu", "gelu_tanh"] = "silu"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    # Gemma stores RMSNorm scales as (scale - 1): the norm multiplies by (1 + w).
+    norm_scale_plus_one: bool = False
+    qkv_bias: bool = False  # Qwen2 / Qwen2.5
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on queries and keys
+    post_norms: bool = False  # Gemma 2: extra norms after attention and after the MLP
+    tie_embeddings: bool = True
+    embed_scale: bool = False  # Gemma: embeddings multiplied by sqrt(hidden_size)
+    attn_logit_softcap: float = 0.0  # Gemma 2: 50.0; 0 disables
+    final_logit_softcap: float = 0.0  # Gemma 2: 30.0; 0 disables
+    query_pre_attn_scalar: float = 0.0  # attention scale is this ** -0.5; 0 means head_dim
+    sliding_window: int = 0  # 0: every layer attends globally
+    sliding_window_pattern: int = 0  # every n-th layer (n-1, 2n-1, ...) is global; 0: all layers windowed
+    max_position_embeddings: int = 2048
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    scan_layers: bool = True
+    remat: bool = False  # recompute layer activations in the backward pass to save memory
+    init_std: float = 0.02
+
+    def validate(self, path: str) -> None:
+        _require(self.num_kv_heads <= self.num_heads, f"{path}.num_kv_heads",
+                 f"must be <= num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        _require(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads",
+                 f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                    "intermediate_size"):
+            _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """Where the tokenizer comes from.
+
+    kind `sentencepiece`: `path` is a .model file; if it does not exist and `train_on_task` is set, the
+    project trains one on that task's corpus and writes it there. kind `hf`: `path` is a tokenizer.json
+    (or a folder holding one). kind `gguf`: the vocabulary embedded in the GGUF file at `path`.
+    """
+
+    kind: Literal["sentencepiece", "hf", "gguf"] = "sentencepiece"
+    path: str = ""
+    vocab_size: int = 256  # for training a sentencepiece model
+    train_corpus_size: int = 4000
+    template: Literal["r1_zero", "r1_short", "plain"] = "r1_zero"
+    byte_fallback: bool = False  # for training: unknown characters become byte pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """The prompt source: a synthetic task generated from a seed, or a dataset file."""
+
+    name: Literal["addition", "multiplication", "countdown", "gsm8k", "math", "jsonl", "reasoning_gym"] = "addition"
+    min_digits: int = 1
+    max_digits: int = 2
+    countdown_numbers: int = 3
+    path: str = ""  # a dataset file or folder, for the file-backed tasks
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    reasoning_gym_name: str = ""
+    seed: int = 0
+    num_eval: int = 64  # held-out prompts for evaluation (generated from a different seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    max_prompt_length: int = 32
+    max_completion_length: int = 64
+
+    def validate(self, path: str) -> None:
+        _require(self.temperature >= 0, f"{path}.temperature", f"must be >= 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, f"{path}.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.top_k >= 0, f"{path}.top_k", f"must be >= 0, got {self.top_k}")
+        _require(self.max_completion_length > 0, f"{path}.max_completion_length", "must be > 0")
+        _require(self.max_prompt_length > 0, f"{path}.max_prompt_length", "must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    max_grad_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Next-token training from scratch on a task's worked-solution corpus (tiny base models)."""
+
+    steps: int = 300
+    batch_size: int = 64
+    seq_len: int = 96
+    r1_format_fraction: float = 0.5  # share of corpus rows written in the R1 <think>/<answer> format
+    optim: OptimConfig = OptimConfig(learning_rate=3e-3, warmup_steps=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    name: str
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO-family knobs, named as in TRL / Tunix so that results compare."""
+
+    num_generations: int = 8
+    num_iterations: int = 1
+    num_minibatches: int = 1
+    beta: float = 0.0
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0 means equal to epsilon
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
+    verifier_timeout_s: float = 5.0
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
+
+    def validate(self, path: str) -> None:
+        _require(self.num_generations >= 2, f"{path}.num_generations",
+                 f"must be >= 2 (group statistics need two samples), got {self.num_generations}")
+        _require(self.num_iterations >= 1, f"{path}.num_iterations", "must be >= 1")
+        _require(self.num_minibatches >= 1, f"{path}.num_minibatches", "must be >= 1")
+        _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
+        _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; -1 means "all remaining devices". Their product must equal the device count."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8  # prompts per step; each is sampled num_generations times
+    seed: int = 0
+    log_every: int = 1
+    sample_every: int = 10
+    eval_every: int = 0  # 0: evaluate only before and after
+    split_step: bool = False  # sample, score and update as separately compiled functions (debugging)
+    out_dir: str = "runs/default"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 8  # k for pass@k
+    temperature: float = 1.0
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    task: TaskConfig = TaskConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    mesh: MeshConfig = MeshConfig()
+
+    def validate(self, path: str) -> None:
+        _require(self.tokenizer.kind != "sentencepiece" or self.tokenizer.vocab_size <= self.model.vocab_size,
+                 "tokenizer.vocab_size",
+                 f"must be <= model.vocab_size ({self.model.vocab_size}), got {self.tokenizer.vocab_size}")
+        _require(self.eval.num_samples >= 1, "eval.num_samples", "must be >= 1")
+        rollouts = self.train.batch_size * self.grpo.num_generations
+        _require(rollouts % self.grpo.num_minibatches == 0, "grpo.num_minibatches",
+                 f"must divide train.batch_size * grpo.num_generations = {rollouts}, "
+                 f"got {self.grpo.num_minibatches}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if dataclasses.is_dataclass(annotation):
+        return f"a mapping ({annotation.__name__})"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Checks `value` against `annotation` and converts it (YAML scalars, lists to tuples, dicts to dataclasses)."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be {_type_name(annotation)}, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config key '{key}' got {value!r}; allowed values: "
+                              f"{', '.join(repr(a) for a in allowed)}{hint}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"config key '{key}' got {value!r}, which matches none of {annotation}")
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        item_type = args[0]
+        return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r} ({type(value).__name__})")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _build(cls: type, data: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean '{path + '.' if path else ''}{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{dotted}' is unknown.{hint} "
+                              f"Allowed keys{' under ' + repr(path) if path else ''}: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config key '{path + '.' if path else ''}{missing[0]}' is required")
+    instance = cls(**kwargs)
+    if hasattr(instance, "validate"):
+        instance.validate(path)
+    return instance
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turns `["grpo.beta=0.04", "model.num_layers=4"]` into a nested dict; values are parsed as YAML."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override for config key '{key}' is not valid YAML: {raw!r} ({error})") from None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of '{part}'")
+        node[parts[-1]] = value
+    return nested
+
+
+def _to_dict(config: Any) -> Any:
+    if dataclasses.is_dataclass(config):
+        return {f.name: _to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple):
+        return [_to_dict(item) for item in config]
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain YAML/JSON-able data (loading it back gives an equal config)."""
+    return _to_dict(config)
+
+
+def from_dict(data: dict, overrides: list[str] = ()) -> Config:
+    """Builds and validates a Config from nested data plus dotted overrides."""
+    return _build(Config, _merge(data, parse_overrides(list(overrides))), "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Loads a YAML config file (or the defaults when `path` is None) and applies dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return from_dict(data, overrides)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Decoder-only transformer families, their parameters and weight import/export."""

@@ -1,0 +1,125 @@
+"""Prefill, then KV-cache decoding in one `lax.while_loop` that stops once every row has stopped.
+
+Prompts are LEFT-padded: every row's last prompt token sits in the same slot, so one decode step writes
+one cache column for the whole batch. Rotary positions count only real tokens, so a padded row sees the
+same positions as it would alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rlreason.config import ModelConfig, SamplingConfig
+from rlreason.models.logprobs import logprobs_of, scale_logits
+from rlreason.models.transformer import Params, forward, init_cache, positions_from_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Static sampling settings (part of the compiled program's identity)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+
+    @classmethod
+    def from_config(cls, cfg: SamplingConfig, temperature: float | None = None) -> "SamplingParams":
+        return cls(max_new_tokens=cfg.max_completion_length,
+                   temperature=cfg.temperature if temperature is None else temperature,
+                   top_k=cfg.top_k, top_p=cfg.top_p)
+
+
+class Rollout(NamedTuple):
+    """What sampling produced; B rows.
+
+    prompt_tokens, prompt_mask: [B, Tp] left-padded prompts. tokens: [B, Tc] completions (pad after the stop
+    token). logprobs: [B, Tc] log-probs of the sampled tokens under softmax(logits / temperature), 0 outside
+    the mask. completion_mask: [B, Tc] 1 up to and including the first stop token. truncated: [B] True where
+    no stop token came within Tc tokens.
+    """
+
+    prompt_tokens: jax.Array
+    prompt_mask: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    completion_mask: jax.Array
+    truncated: jax.Array
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Sets logits outside the top-k / nucleus to -inf. logits: [B, V] (already temperature-scaled)."""
+    if top_k > 0:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        # The smallest logit still kept: the most likely token is always kept.
+        kept = mass_before < top_p
+        threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
+    """One token per row from float32 logits [B, V]."""
+    if params.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    filtered = filter_logits(scale_logits(logits, params.temperature), params.top_k, params.top_p)
+    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, stop_tokens: jax.Array,
+             rng: jax.Array, cfg: ModelConfig, sampling: SamplingParams, pad_id: int = 0) -> Rollout:
+    """Samples completions for a batch of left-padded prompts. Jit-able; `cfg`, `sampling`, `pad_id` static.
+
+    prompt_tokens, prompt_mask: [B, Tp] (every row holds at least one real token). stop_tokens: [B, N] int32,
+    the tokens that end each row (pad unused entries with -1).
+    """
+    batch, prompt_length = prompt_tokens.shape
+    max_new = sampling.max_new_tokens
+    cache = init_cache(cfg, batch, prompt_length + max_new)
+    prompt_mask = prompt_mask.astype(bool)
+    key_valid = jnp.concatenate([prompt_mask, jnp.zeros((batch, max_new), bool)], axis=1)
+    logits, cache = forward(params, prompt_tokens, positions_from_mask(prompt_mask), key_valid, cfg, cache, 0)
+    next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]
+    temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+
+    def emit(state, index, logits):
+        """Samples token `index` from `logits` [B, V] and records it."""
+        tokens, logprobs, mask, done = state
+        token = sample_token(logits, jax.random.fold_in(rng, index), sampling)
+        alive = ~done
+        token = jnp.where(alive, token, pad_id)
+        tokens = tokens.at[:, index].set(token)
+        logprobs = logprobs.at[:, index].set(jnp.where(alive, logprobs_of(logits, token, temperature), 0.0))
+        mask = mask.at[:, index].set(alive)
+        done = done | jnp.any(token[:, None] == stop_tokens, axis=1)
+        return (tokens, logprobs, mask, done), token
+
+    initial = (jnp.full((batch, max_new), pad_id, jnp.int32), jnp.zeros((batch, max_new), jnp.float32),
+               jnp.zeros((batch, max_new), bool), jnp.zeros((batch,), bool))
+    record, last_token = emit(initial, 0, logits[:, -1])
+
+    def keep_going(loop):
+        index, _, _, _, record = loop
+        return (index < max_new) & ~jnp.all(record[3])
+
+    def decode_one(loop):
+        index, cache, key_valid, last_token, record = loop
+        slot = prompt_length + index - 1  # where the previous token goes
+        key_valid = key_valid.at[:, slot].set(True)
+        positions = (next_position + index - 1)[:, None]
+        logits, cache = forward(params, last_token[:, None], positions, key_valid, cfg, cache, slot)
+        record, token = emit(record, index, logits[:, 0])
+        return index + 1, cache, key_valid, token, record
+
+    _, _, _, _, record = jax.lax.while_loop(keep_going, decode_one, (jnp.int32(1), cache, key_valid, last_token, record))
+    tokens, logprobs, mask, done = record
+    return Rollout(prompt_tokens, prompt_mask, tokens, logprobs, mask.astype(jnp.int32), ~done)

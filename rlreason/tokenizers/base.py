@@ -1,0 +1,45 @@
+"""The tokenizer interface every backend implements (sentencepiece, HF tokenizer.json, GGUF vocabulary)."""
+
+from __future__ import annotations
+
+import abc
+
+# The R1 tags; tokenizers trained by the project hold each as a single piece.
+REASONING_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing, unreadable, or lacks a token the configuration needs."""
+
+
+class Tokenizer(abc.ABC):
+    """Text <-> token ids, with the special ids the sampler and the data pipeline need."""
+
+    pad_id: int
+    eos_id: int
+    bos_id: int | None
+    chat_template: str | None = None  # a Jinja chat template, for backends whose model ships one
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with no BOS/EOS added."""
+
+    @abc.abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; special control tokens (pad, BOS, EOS) are dropped."""
+
+    @abc.abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a token that is one whole piece of the vocabulary, else None."""
+
+    def single_token_id(self, token: str) -> int:
+        """Like `token_to_id`, but raises a TokenizerError naming the token when it is not one piece."""
+        token_id = self.token_to_id(token)
+        if token_id is None:
+            raise TokenizerError(f"tokenizer has no single token for {token!r}; the template or verifier "
+                                 f"that needs it cannot be used with this vocabulary")
+        return token_id
