@@ -36,6 +36,10 @@ class Tokenizer(abc.ABC):
     def token_to_id(self, token: str) -> int | None:
         """The id of a token that is one whole piece of the vocabulary, else None."""
 
+    @abc.abstractmethod
+    def save_to(self, directory) -> str:
+        """Writes the tokenizer file(s) into `directory`; returns the main file's name (for load_tokenizer)."""
+
     def single_token_id(self, token: str) -> int:
         """Like `token_to_id`, but raises a TokenizerError naming the token when it is not one piece."""
         token_id = self.token_to_id(token)

@@ -34,9 +34,10 @@ class SentencePieceTokenizer(Tokenizer):
             raise TokenizerError(f"sentencepiece model {str(path)!r} does not exist")
         return cls(path.read_bytes(), source=repr(str(path)))
 
-    def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(self.model_proto)
+    def save_to(self, directory: str | Path) -> str:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "tokenizer.model").write_bytes(self.model_proto)
+        return "tokenizer.model"
 
     @property
     def vocab_size(self) -> int:
@@ -67,6 +68,6 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, byte_fallback: bo
         sentence_iterator=iter(lines), model_writer=buffer, model_type="bpe", vocab_size=vocab_size,
         user_defined_symbols=list(REASONING_TAGS), byte_fallback=byte_fallback, split_digits=True,
         character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        hard_vocab_limit=False, num_threads=2, minloglevel=2, remove_extra_whitespaces=False,
+        hard_vocab_limit=False, num_threads=2, minloglevel=2, remove_extra_whitespaces=False, add_dummy_prefix=False,
         normalization_rule_name="identity")
     return SentencePieceTokenizer(buffer.getvalue())

@@ -1,0 +1,73 @@
+"""The model directory: what `pretrain` and `convert` write and what `sample` and `train` start from.
+
+    DIR/model.yaml   {"model": ModelConfig fields, "tokenizer": file name inside DIR}
+    DIR/params/      an orbax checkpoint of the params pytree
+    DIR/<tokenizer file>
+
+Restoring with `shardings` creates every array directly on its sharding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+import yaml
+
+from rlreason.config import ConfigError, ModelConfig, _build, to_dict
+from rlreason.models.transformer import Params, param_specs
+from rlreason.tokenizers import Tokenizer, load_tokenizer
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete or does not match its config."""
+
+
+def save_model(directory: str | Path, params: Params, model_cfg: ModelConfig, tokenizer: Tokenizer) -> None:
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer_file = tokenizer.save_to(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / "params", params, force=True)
+    (directory / "model.yaml").write_text(
+        yaml.safe_dump({"model": to_dict(model_cfg), "tokenizer": tokenizer_file}, sort_keys=False))
+
+
+def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
+    """(ModelConfig, tokenizer file name) of a model directory."""
+    meta_path = Path(directory) / "model.yaml"
+    if not meta_path.is_file():
+        raise ModelDirError(f"{str(meta_path)!r} does not exist: {str(directory)!r} is not an rlreason model "
+                            f"directory (make one with `rlreason pretrain` or `rlreason convert`)")
+    meta = yaml.safe_load(meta_path.read_text())
+    try:
+        model_cfg = _build(ModelConfig, meta["model"], "model")
+    except (ConfigError, KeyError, TypeError) as error:
+        raise ModelDirError(f"{str(meta_path)!r} is invalid: {error}") from None
+    return model_cfg, meta["tokenizer"]
+
+
+def load_model(directory: str | Path, shardings=None, model_overrides: dict | None = None):
+    """Returns (params, ModelConfig, Tokenizer). `shardings`: a NamedSharding per leaf, or None for default."""
+    directory = Path(directory).absolute()
+    model_cfg, tokenizer_file = load_model_config(directory)
+    if model_overrides:
+        model_cfg = _build(ModelConfig, {**to_dict(model_cfg), **model_overrides}, "model")
+    specs = param_specs(model_cfg)
+    is_spec = lambda node: hasattr(node, "axes")  # noqa: E731
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), specs,
+                                 is_leaf=is_spec)
+    abstract = jax.tree.map(
+        lambda spec, sharding: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype, sharding=sharding),
+        specs, shardings, is_leaf=is_spec)
+    if not (directory / "params").is_dir():
+        raise ModelDirError(f"{str(directory / 'params')!r} does not exist: the model directory has no weights")
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(directory / "params", abstract)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        raise ModelDirError(f"weights in {str(directory / 'params')!r} do not match {str(directory / 'model.yaml')!r}"
+                            f": {error}") from None
+    return params, model_cfg, load_tokenizer(directory / tokenizer_file)
