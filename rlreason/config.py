@@ -105,6 +105,7 @@ class TaskConfig:
     answer_field: str = "answer"
     reasoning_gym_name: str = ""
     seed: int = 0
+    num_train: int = 20000  # size of the generated training pool (synthetic tasks)
     num_eval: int = 64  # held-out prompts for evaluation (generated from a different seed)
 
 
@@ -168,6 +169,7 @@ class GRPOConfig:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = False
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
+    accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
     verifier_timeout_s: float = 5.0
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
 
@@ -178,15 +180,70 @@ class GRPOConfig:
         _require(self.num_minibatches >= 1, f"{path}.num_minibatches", "must be >= 1")
         _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
+        names = [reward.name for reward in self.rewards]
+        _require(self.accuracy_reward in names, f"{path}.accuracy_reward",
+                 f"must name one of {path}.rewards ({', '.join(names)}), got {self.accuracy_reward!r}")
+
+
+LogicalAxis = Literal["batch", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", "norm",
+                      "cache_batch", "cache_sequence"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRule:
+    """Puts one logical axis on these mesh axes, in order (an empty list replicates it)."""
+
+    logical: LogicalAxis
+    mesh_axes: tuple[Literal["data", "fsdp", "tensor"], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh axis sizes; -1 means "all remaining devices". Their product must equal the device count."""
+    """Device mesh axis sizes; -1 means "all remaining devices". Their product must equal the device count.
+
+    `rules` override entries of the logical-axis rule table in `rlreason.parallel.rules`.
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    rules: tuple[AxisRule, ...] = ()
+
+    def validate(self, path: str) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for key, size in sizes.items():
+            _require(size == -1 or size >= 1, f"{path}.{key}", f"must be -1 (the rest) or >= 1, got {size}")
+        _require(list(sizes.values()).count(-1) <= 1, path,
+                 f"may use -1 (the rest) for one axis only, got {sizes}")
+        logical = [rule.logical for rule in self.rules]
+        _require(len(set(logical)) == len(logical), f"{path}.rules", f"names a logical axis twice: {logical}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How the processes of one run find each other (`jax.distributed`).
+
+    mode `single`: one process, no distributed runtime. `cluster`: the cluster tells JAX the coordinator,
+    process count and id (Cloud TPU VM, GKE TPU JobSet, Slurm, Open MPI). `manual`: the coordinator, count and id
+    come from the fields below or, where left unset, from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID in the environment.
+    """
+
+    mode: Literal["single", "cluster", "manual"] = "single"
+    coordinator_address: str = ""  # host:port of process 0
+    num_processes: int = 0  # 0: unset
+    process_id: int = -1  # -1: unset
+    local_device_count: int = 0  # CPU only: simulated devices of this process (jax_num_cpu_devices); 0: default
+    heartbeat_timeout_s: int = 100  # a peer silent this long is dead and the run aborts
+    initialization_timeout_s: int = 300
+
+    def validate(self, path: str) -> None:
+        _require(self.num_processes >= 0, f"{path}.num_processes", f"must be >= 0, got {self.num_processes}")
+        _require(self.process_id >= -1, f"{path}.process_id", f"must be >= 0 (or -1: unset), got {self.process_id}")
+        _require(self.local_device_count >= 0, f"{path}.local_device_count",
+                 f"must be >= 0, got {self.local_device_count}")
+        _require(self.heartbeat_timeout_s > 0, f"{path}.heartbeat_timeout_s", "must be > 0")
+        _require(self.initialization_timeout_s > 0, f"{path}.initialization_timeout_s", "must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +255,7 @@ class TrainConfig:
     sample_every: int = 10
     eval_every: int = 0  # 0: evaluate only before and after
     split_step: bool = False  # sample, score and update as separately compiled functions (debugging)
+    model_dir: str = ""  # start from this model directory (rlreason pretrain / convert); empty: random init
     out_dir: str = "runs/default"
 
 
@@ -219,6 +277,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     def validate(self, path: str) -> None:
         _require(self.tokenizer.kind != "sentencepiece" or self.tokenizer.vocab_size <= self.model.vocab_size,

@@ -123,3 +123,13 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     _, _, _, _, record = jax.lax.while_loop(keep_going, decode_one, (jnp.int32(1), cache, key_valid, last_token, record))
     tokens, logprobs, mask, done = record
     return Rollout(prompt_tokens, prompt_mask, tokens, logprobs, mask.astype(jnp.int32), ~done)
+
+
+def generate_groups(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
+                    cfg: ModelConfig, sampling: SamplingParams, group_size: int, stop_ids: tuple[int, ...],
+                    pad_id: int) -> Rollout:
+    """`group_size` completions of each of P prompts: a Rollout of P * group_size rows, groups contiguous."""
+    prompt_tokens = jnp.repeat(prompt_tokens, group_size, axis=0)
+    prompt_mask = jnp.repeat(prompt_mask, group_size, axis=0)
+    stop_tokens = jnp.broadcast_to(jnp.asarray(stop_ids, jnp.int32), (prompt_tokens.shape[0], len(stop_ids)))
+    return generate(params, prompt_tokens, prompt_mask, stop_tokens, rng, cfg, sampling, pad_id)

@@ -40,6 +40,10 @@ class Tokenizer(abc.ABC):
     def save_to(self, directory) -> str:
         """Writes the tokenizer file(s) into `directory`; returns the main file's name (for load_tokenizer)."""
 
+    def special_token_strings(self) -> dict[str, str]:
+        """The special tokens a chat template may name (`bos_token`, `eos_token`, `pad_token`) as text."""
+        return {}
+
     def single_token_id(self, token: str) -> int:
         """Like `token_to_id`, but raises a TokenizerError naming the token when it is not one piece."""
         token_id = self.token_to_id(token)

@@ -1,0 +1,110 @@
+"""Where every array lives: ONE table mapping logical axes to mesh axes, and the shardings derived from it.
+
+The model names the axes of each parameter (`param_specs`: vocab, embed, heads, kv_heads, head_dim, mlp,
+layers, norm); batches and KV caches are named here. No other module names a mesh axis.
+
+    logical axis     mesh axes          why
+    batch            data, fsdp         rows split over every data-parallel device (FSDP is data parallel too)
+    cache_batch      data, fsdp         the KV cache follows its rows
+    cache_sequence   -                  every device keeps whole sequences; decoding writes one column a step
+    embed            fsdp               FSDP: weights split along the hidden size, gathered per layer on use
+    vocab            tensor             Megatron-style tensor parallelism: embedding / logits split by token
+    heads, kv_heads  tensor             attention heads split across tensor devices
+    mlp              tensor             MLP hidden units split across tensor devices
+    head_dim         -                  split heads, not their width: rotary embeddings mix the halves
+    layers           -                  the layer scan walks this axis; splitting it would be pipelining
+    norm             -                  norm scales are tiny; replicated
+
+A mesh axis is dropped from a dimension it does not divide, and the dimension is replicated over it instead:
+e.g. 2 KV heads on tensor=4 keeps every K/V head on every tensor device (as Megatron does for grouped-query
+attention), while the query heads are still split. A mesh axis is also used at most once per array.
+
+Sampling and the update use this same layout inside one compiled step (phase-1 decision). A separate sampling
+layout (tensor-only, replicated over fsdp) would spare the decode loop its per-layer weight all-gathers when
+fsdp > 1, but costs a resharded full copy of the weights per step, and it is the same layout whenever fsdp = 1
+(the single-host TPU and GPU configs). It is worth adding once a benchmark on an fsdp > 1 mesh shows the
+gathers dominating decode time.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Mapping, Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlreason.config import MeshConfig, ModelConfig
+from rlreason.models.transformer import KVCache, Params, ParamSpec, param_specs
+
+Rules = Mapping[str, tuple[str, ...]]
+
+AXIS_RULES: Rules = types.MappingProxyType({
+    "batch": ("data", "fsdp"),
+    "cache_batch": ("data", "fsdp"),
+    "cache_sequence": (),
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+    "head_dim": (),
+    "layers": (),
+    "norm": (),
+})
+
+CACHE_AXES = ("layers", "cache_batch", "cache_sequence", "kv_heads", "head_dim")
+
+
+def axis_rules(mesh_cfg: MeshConfig) -> Rules:
+    """The table with the config's `mesh.rules` overrides applied."""
+    return types.MappingProxyType({**AXIS_RULES, **{rule.logical: rule.mesh_axes for rule in mesh_cfg.rules}})
+
+
+def partition_spec(axes: Sequence[str], shape: Sequence[int], mesh: Mesh, rules: Rules = AXIS_RULES) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes` and `shape` (see the module doc for dropped axes)."""
+    used: set[str] = set()
+    entries = []
+    for axis, size in zip(axes, shape, strict=True):
+        kept = []
+        for mesh_axis in rules[axis]:
+            split = math.prod(mesh.shape[name] for name in kept) * mesh.shape[mesh_axis]
+            if mesh_axis not in used and size % split == 0:
+                kept.append(mesh_axis)
+        used.update(kept)
+        entries.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return PartitionSpec(*entries)
+
+
+def named_sharding(axes: Sequence[str], shape: Sequence[int], mesh: Mesh, rules: Rules = AXIS_RULES) -> NamedSharding:
+    return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
+
+
+def spec_shardings(specs, mesh: Mesh, rules: Rules = AXIS_RULES):
+    """A tree of ParamSpec leaves (logical axes and shapes) -> the same tree of NamedShardings."""
+    return jax.tree.map(lambda spec: named_sharding(spec.axes, spec.shape, mesh, rules), specs,
+                        is_leaf=lambda node: isinstance(node, ParamSpec))
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules: Rules = AXIS_RULES) -> Params:
+    """A NamedSharding per parameter leaf, in the params' tree structure."""
+    return spec_shardings(param_specs(model_cfg), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = AXIS_RULES) -> NamedSharding:
+    """Rows [B, ...] split by the `batch` rule, other dims replicated. B must be divisible by the split."""
+    return NamedSharding(mesh, PartitionSpec(rules["batch"] or None, *([None] * (ndim - 1))))
+
+
+def cache_sharding(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, max_length: int,
+                   rules: Rules = AXIS_RULES) -> KVCache:
+    """Shardings of a KVCache whose keys and values are [L, B, S, K, D]."""
+    shape = (model_cfg.num_layers, batch_size, max_length, model_cfg.num_kv_heads, model_cfg.head_dim)
+    sharding = named_sharding(CACHE_AXES, shape, mesh, rules)
+    return KVCache(sharding, sharding)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (scalars, rng keys)."""
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,1 @@
+"""GRPO: group-relative advantages, the clipped policy loss, and the compiled training step."""

@@ -1,0 +1,201 @@
+"""The GRPO step: sample, score, compute advantages, and update, as one compiled pure function.
+
+    step(state, batch) -> (state, metrics, samples)
+
+`batch` holds only prompts (see rlreason.data.pipeline); the RNG travels in the state, so a step is a
+deterministic function of its inputs. The same three phases also exist as separately compiled functions
+(`GRPOFunctions.rollout / score / learn`) for the split-step debugging mode; the fused step calls the very
+same functions, so both modes compute the same thing.
+
+Shapes: P prompts, G = num_generations, B = P * G rows (group-contiguous), Tp prompt and Tc completion
+length, K reward functions, U = B / num_minibatches rows per optimizer update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlreason.config import GRPOConfig, ModelConfig
+from rlreason.models.logprobs import completion_logprobs
+from rlreason.rl.advantages import combine_rewards, group_advantages
+from rlreason.rl.losses import loss_denominator, loss_numerator, token_loss
+from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
+
+# score(prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes) -> rewards [B, K]
+Scorer = Callable[..., jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: completed optimizer steps of the run
+    params: Any
+    opt_state: Any
+    ref_params: Any  # None when beta == 0: no reference model is kept
+    rng: jax.Array  # key for the next step's sampling
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array, keep_reference: bool):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ref_params=jax.tree.map(jnp.copy, params) if keep_reference else None, rng=rng)
+
+
+class Learned(NamedTuple):
+    """Per-update quantities gathered by the scan over updates: each [num_iterations * num_minibatches]."""
+
+    loss: jax.Array
+    grad_norm: jax.Array
+    entropy: jax.Array
+    kl: jax.Array
+    ratio_mean: jax.Array
+    ratio_min: jax.Array
+    ratio_max: jax.Array
+    clip_low: jax.Array
+    clip_high: jax.Array
+
+
+class Samples(NamedTuple):
+    """What the step sampled, for logging: the rollout [B rows] and each reward function's scores [B, K]."""
+
+    rollout: Rollout
+    rewards: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOFunctions:
+    rollout: Callable  # (params, batch, rng) -> Rollout                      [B rows]
+    score: Callable  # (rollout, gold_bytes [B, Lg]) -> rewards [B, K]
+    learn: Callable  # (state, rollout, rewards [B, K]) -> (state, metrics)
+    step: Callable  # (state, batch) -> (state, metrics, Samples)
+
+
+def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
+                        optimizer: optax.GradientTransformation, scorer: Scorer, stop_ids: tuple[int, ...],
+                        pad_id: int, reward_names: tuple[str, ...], accuracy_reward: str,
+                        learning_rate_fn: Callable[[jax.Array], jax.Array]) -> GRPOFunctions:
+    """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them."""
+    group_size = grpo.num_generations
+    reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
+    epsilon_high = grpo.epsilon_high or grpo.epsilon
+    temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+
+    def rollout(params, batch, rng) -> Rollout:
+        return generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model_cfg, sampling,
+                               group_size, stop_ids, pad_id)
+
+    def score(roll: Rollout, gold_bytes) -> jax.Array:
+        return scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, gold_bytes)
+
+    def policy_loss(params, rows, denominator):
+        """Loss of a micro-batch of rows: (numerator / update-batch denominator, per-token stats)."""
+        logprobs, entropy = completion_logprobs(params, rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
+                                                model_cfg, temperature, with_entropy=True)
+        terms = token_loss(logprobs, rows["old_logprobs"], rows["advantages"], rows.get("ref_logprobs"),
+                           grpo.epsilon, epsilon_high, grpo.beta, grpo.kl_estimator)
+        mask = rows["loss_mask"]
+        loss = loss_numerator(terms.loss, mask, grpo.loss_type) / denominator
+        tokens = jnp.maximum(jnp.sum(mask), 1.0)
+        masked_mean = lambda values: jnp.sum(values * mask) / tokens  # noqa: E731
+        stats = Learned(loss, jnp.zeros(()), masked_mean(entropy), masked_mean(terms.kl), masked_mean(terms.ratio),
+                        jnp.min(jnp.where(mask > 0, terms.ratio, jnp.inf)),
+                        jnp.max(jnp.where(mask > 0, terms.ratio, -jnp.inf)),
+                        masked_mean(terms.low_clipped), masked_mean(terms.high_clipped))
+        return loss, stats
+
+    def update(state: TrainState, rows, generation_tokens):
+        """One optimizer update on U rows."""
+        denominator = loss_denominator(rows["loss_mask"], grpo.loss_type, generation_tokens, grpo.num_minibatches)
+        grads, stats = jax.grad(policy_loss, has_aux=True)(state.params, rows, denominator)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        state = state.replace(params=params, opt_state=opt_state)
+        return state, stats._replace(grad_norm=optax.global_norm(grads))
+
+    def learn(state: TrainState, roll: Rollout, rewards_per_function):
+        rewards = combine_rewards(rewards_per_function, reward_weights)
+        advantages, group_std = group_advantages(rewards, group_size, grpo.scale_rewards)
+        loss_mask = roll.completion_mask.astype(jnp.float32)
+        if grpo.mask_truncated_completions:
+            loss_mask = loss_mask * (~roll.truncated)[:, None]
+        rows = {"prompt_tokens": roll.prompt_tokens, "prompt_mask": roll.prompt_mask, "tokens": roll.tokens,
+                "old_logprobs": roll.logprobs, "advantages": advantages, "loss_mask": loss_mask}
+        if grpo.beta > 0:
+            rows["ref_logprobs"] = jax.lax.stop_gradient(completion_logprobs(
+                state.ref_params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, model_cfg, temperature))
+        generation_tokens = jnp.sum(loss_mask)
+        minibatches = jax.tree.map(lambda x: x.reshape(grpo.num_minibatches, -1, *x.shape[1:]), rows)
+
+        def one_pass(state, _):
+            return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens), state, minibatches)
+
+        state, learned = jax.lax.scan(one_pass, state, None, length=grpo.num_iterations)
+        learned = jax.tree.map(lambda x: x.reshape(-1), learned)
+        state = state.replace(step=state.step + 1)
+        metrics = step_metrics(roll, rewards_per_function, rewards, group_std, learned)
+        metrics["learning_rate"] = learning_rate_fn(state.step * grpo.num_iterations * grpo.num_minibatches - 1)
+        return state, metrics
+
+    def step_metrics(roll: Rollout, rewards_per_function, rewards, group_std, learned: Learned) -> dict:
+        lengths = jnp.sum(roll.completion_mask, axis=1).astype(jnp.float32)
+        terminated = ~roll.truncated
+        scored = ~jnp.isnan(rewards)
+        metrics = {
+            "reward": jnp.nanmean(rewards),
+            "reward_std": jnp.nanstd(rewards),
+            "frac_reward_zero_std": jnp.mean(group_std == 0),
+            "frac_unscored": 1.0 - jnp.mean(scored),
+            "completion_length": jnp.mean(lengths),
+            "completion_length_min": jnp.min(lengths),
+            "completion_length_max": jnp.max(lengths),
+            "terminated_length": jnp.sum(lengths * terminated) / jnp.maximum(jnp.sum(terminated), 1),
+            "clipped_ratio": jnp.mean(roll.truncated),
+            "completion_tokens": jnp.sum(lengths),
+            "loss": jnp.mean(learned.loss),
+            "grad_norm": jnp.mean(learned.grad_norm),
+            "entropy": learned.entropy[0],  # of the sampling policy, on the first update's forward pass
+            "kl": jnp.mean(learned.kl),
+            "ratio_mean": jnp.mean(learned.ratio_mean),
+            "ratio_min": jnp.min(learned.ratio_min),
+            "ratio_max": jnp.max(learned.ratio_max),
+            "clip_ratio_low": jnp.mean(learned.clip_low),
+            "clip_ratio_high": jnp.mean(learned.clip_high),
+            "clip_ratio_region": jnp.mean(learned.clip_low + learned.clip_high),
+        }
+        for index, name in enumerate(reward_names):
+            metrics[f"rewards/{name}"] = jnp.nanmean(rewards_per_function[:, index])
+        if accuracy_reward:
+            correct = rewards_per_function[:, reward_names.index(accuracy_reward)] >= 1.0
+            metrics["accuracy"] = jnp.mean(correct)
+        return metrics
+
+    return GRPOFunctions(rollout=rollout, score=score, learn=learn,
+                         step=chain_phases(rollout, score, learn, group_size))
+
+
+def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int) -> Callable:
+    """The step as rollout -> score -> learn; the phases may be plain or separately compiled functions."""
+
+    def step(state: TrainState, batch):
+        rng, sample_rng = jax.random.split(state.rng)
+        roll = rollout(state.params, batch, sample_rng)
+        rewards_per_function = score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0))
+        state, metrics = learn(state.replace(rng=rng), roll, rewards_per_function)
+        return state, metrics, Samples(roll, rewards_per_function)
+
+    return step
+
+
+def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool) -> Callable:
+    """The step as compiled code: one jitted program, or (split_step) three chained ones.
+
+    Either way the state buffers are donated and the result is the same function of (state, batch).
+    """
+    if not split_step:
+        return jax.jit(functions.step, donate_argnums=0)
+    return chain_phases(jax.jit(functions.rollout), jax.jit(functions.score),
+                        jax.jit(functions.learn, donate_argnums=0), group_size)

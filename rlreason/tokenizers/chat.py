@@ -1,0 +1,63 @@
+"""Chat templates: a model's Jinja template rendered as transformers renders it.
+
+The template sees `messages`, `add_generation_prompt` and the special-token strings (`bos_token`,
+`eos_token`, ...), with transformers' helpers `raise_exception`, `strftime_now` and its `tojson` filter, in a
+sandboxed environment with `trim_blocks` and `lstrip_blocks`, so that prompts match the model's training format.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from functools import lru_cache
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from rlreason.tokenizers.base import Tokenizer, TokenizerError
+
+
+def _raise_exception(message: str):
+    raise TokenizerError(f"the chat template refused the conversation: {message}")
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    # Jinja's own filter escapes HTML characters, which would change the prompt text.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(date_format: str) -> str:
+    return datetime.datetime.now().strftime(date_format)
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template:
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=[jinja2.ext.loopcontrols])
+    environment.filters["tojson"] = _tojson
+    environment.globals["raise_exception"] = _raise_exception
+    environment.globals["strftime_now"] = _strftime_now
+    try:
+        return environment.from_string(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise TokenizerError(f"the chat template is not valid Jinja (line {error.lineno}: {error.message})") from None
+
+
+def render_chat(template: str, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+                special_tokens: dict[str, str] | None = None) -> str:
+    """The text of `messages` ([{"role": ..., "content": ...}]) under a Jinja chat template.
+
+    special_tokens: the strings the template may name, e.g. {"bos_token": "<s>", "eos_token": "</s>"}.
+    """
+    return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     **(special_tokens or {}))
+
+
+def chat_prompt(question: str, tokenizer: Tokenizer) -> str:
+    """The prompt for a one-turn conversation asking `question`, ready for the assistant's reply."""
+    if not tokenizer.chat_template:
+        raise TokenizerError("template 'chat' needs a tokenizer with a chat template; this one has none "
+                             "(use a model imported with its tokenizer_config.json or GGUF metadata)")
+    return render_chat(tokenizer.chat_template, [{"role": "user", "content": question}],
+                       special_tokens=tokenizer.special_token_strings())

@@ -1,0 +1,1 @@
+"""The loops around the compiled steps: pretraining, GRPO training, evaluation, the demo and its report."""

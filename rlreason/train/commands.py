@@ -1,0 +1,42 @@
+"""The small commands around a model directory: `rlreason sample` and `rlreason eval`."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+from rlreason.config import Config
+from rlreason.data.examples import task_examples
+from rlreason.models.store import load_model
+from rlreason.sampling.sampler import SamplingParams, generate
+from rlreason.tokenizers.templates import render_prompt
+from rlreason.train.evaluate import evaluate
+
+
+def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config, seed: int) -> list[str]:
+    """One completion per question, rendered with the configured template and sampled with cfg.sampling."""
+    encoded = [tokenizer.encode(render_prompt(question, cfg.tokenizer.template)) for question in questions]
+    width = max(len(ids) for ids in encoded)
+    prompt_tokens = np.array([[tokenizer.pad_id] * (width - len(ids)) + ids for ids in encoded], np.int32)
+    prompt_mask = np.array([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], np.int32)
+    stop_tokens = np.full((len(questions), 1), tokenizer.eos_id, np.int32)
+    sampling = SamplingParams.from_config(cfg.sampling)
+    roll = jax.jit(generate, static_argnums=(5, 6, 7))(params, prompt_tokens, prompt_mask, stop_tokens,
+                                                        jax.random.key(seed), model_cfg, sampling, tokenizer.pad_id)
+    roll = jax.device_get(roll)
+    return [tokenizer.decode(tokens[mask > 0]) for tokens, mask in zip(roll.tokens, roll.completion_mask)]
+
+
+def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
+    params, model_cfg, tokenizer = load_model(model_dir)
+    for question, text in zip(questions, sample_texts(params, model_cfg, tokenizer, questions, cfg, cfg.train.seed)):
+        print(f"--- {question}\n{text}")
+
+
+def run_eval(cfg: Config, model_dir: str) -> None:
+    params, model_cfg, tokenizer = load_model(model_dir)
+    summary, _ = evaluate(params, model_cfg, tokenizer, task_examples(cfg.task, "eval", cfg.task.num_eval), cfg,
+                          seed=cfg.train.seed)
+    print(json.dumps(summary, indent=2))

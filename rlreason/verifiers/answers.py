@@ -1,0 +1,87 @@
+"""Answers compared as normalized text (`exact_answer`, the synthetic tasks) or as numbers (`gsm8k`).
+
+Only ASCII digits are digits: `١٢٣` and full-width `１２３` are text, never the number 123. Golds are written
+in ASCII, and the token-level version (digits split into single tokens) could not equate them anyway.
+All parsing is regex matching without nested quantifiers (linear time), and numbers longer than
+`MAX_NUMBER_CHARS` are rejected before conversion, so no input needs a time limit.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from rlreason.verifiers.base import reward_function
+from rlreason.verifiers.format import extract_answer
+
+MAX_NUMBER_CHARS = 100
+
+_INTEGER = re.compile(r"(-?)([0-9]+)")
+# Commas only as thousands separators, so that "1,2,3" reads as three numbers rather than 123.
+_NUMBER = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+
+
+def canonical_answer(text: str) -> str:
+    """`text` with whitespace runs collapsed to one space and trimmed; an integer (`-?[0-9]+`) loses its
+    leading zeros, so "0132" equals "132". A sign is kept as written: "-0" differs from "0", "+5" from "5".
+
+    Digits are compared as text, never through int(), so a 10,000-digit answer is compared, not rejected.
+    """
+    collapsed = " ".join(text.split())
+    integer = _INTEGER.fullmatch(collapsed)
+    if integer:
+        return integer[1] + (integer[2].lstrip("0") or "0")
+    return collapsed
+
+
+@reward_function("exact_answer")
+def exact_answer(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
+    """1.0 if the answer inside the only `<answer>…</answer>` equals `gold` after `canonical_answer`, else 0.0
+    (also without such a tag pair); None when the gold answer is empty."""
+    expected = canonical_answer(gold)
+    if not expected:
+        return None
+    answer = extract_answer(completion)
+    return 1.0 if answer is not None and canonical_answer(answer) == expected else 0.0
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a decimal number such as "-1,234.50" (thousands commas allowed); None otherwise."""
+    if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+        return None
+    return Fraction(text.replace(",", ""))
+
+
+def last_number(text: str) -> Fraction | None:
+    """The value of the last number written in `text` ("costs $1,200." gives 1200); None if there is none."""
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else parse_number(last[0])
+
+
+def score_number(completion: str, gold: str, require_answer_tag: bool) -> float | None:
+    """1.0 if the last number of the answer equals the number `gold`; None if `gold` is not a number.
+
+    The answer is the text inside `<answer>…</answer>`; without that tag pair it is the whole completion
+    unless `require_answer_tag`, in which case the score is 0.0.
+    """
+    expected = parse_number(gold.strip())
+    if expected is None:
+        return None
+    answer = extract_answer(completion)
+    if answer is None and require_answer_tag:
+        return 0.0
+    return 1.0 if last_number(completion if answer is None else answer) == expected else 0.0
+
+
+@reward_function("gsm8k")
+def gsm8k(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
+    """GSM8K for R1-style runs: the answer tag is required (see `score_number`)."""
+    return score_number(completion, gold, require_answer_tag=True)
+
+
+@reward_function("gsm8k_last_number")
+def gsm8k_last_number(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
+    """GSM8K for models without the R1 format: the last number of the completion when there is no answer tag."""
+    return score_number(completion, gold, require_answer_tag=False)
