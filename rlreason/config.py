@@ -88,7 +88,7 @@ class TokenizerConfig:
     path: str = ""
     vocab_size: int = 256  # for training a sentencepiece model
     train_corpus_size: int = 4000
-    template: Literal["r1_zero", "r1_short", "plain"] = "r1_zero"
+    template: Literal["r1_zero", "r1_short", "plain", "chat"] = "r1_zero"  # chat: the tokenizer's chat template
     byte_fallback: bool = False  # for training: unknown characters become byte pieces
 
 

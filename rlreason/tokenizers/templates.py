@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rlreason.tokenizers.base import REASONING_TAGS, Tokenizer, TokenizerError
+from rlreason.tokenizers.chat import chat_prompt
 
 # DeepSeek-R1-Zero's template (DeepSeek-R1 paper, table 1).
 R1_ZERO = (
@@ -19,7 +20,11 @@ TEMPLATES = {"r1_zero": R1_ZERO, "r1_short": R1_SHORT, "plain": "{question}"}
 
 
 def render_prompt(question: str, template: str, tokenizer: Tokenizer | None = None) -> str:
-    """The prompt text for `question` under `template`."""
+    """The prompt text for `question` under `template`; "chat" renders the tokenizer's own chat template."""
+    if template == "chat":
+        if tokenizer is None:
+            raise TokenizerError("template 'chat' needs the tokenizer whose chat template it renders")
+        return chat_prompt(question, tokenizer)
     return TEMPLATES[template].format(question=question)
 
 
