@@ -12,7 +12,7 @@ import numpy as np
 from rlreason.data.examples import Example
 from rlreason.tokenizers import Tokenizer
 from rlreason.tokenizers.templates import render_prompt
-from rlreason.verifiers.bridge import encode_golds
+from rlreason.verifiers.golds import encode_golds
 
 MAX_GOLD_BYTES = 512
 

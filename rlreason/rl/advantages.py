@@ -13,16 +13,6 @@ import jax.numpy as jnp
 STD_EPS = 1e-4
 
 
-def combine_rewards(rewards_per_function: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-    """Weighted sum over reward functions, NaN ("not applicable") entries skipped. [B, K], [K] -> [B].
-
-    A row where every function is NaN stays NaN.
-    """
-    scored = ~jnp.isnan(rewards_per_function)
-    total = jnp.sum(jnp.where(scored, rewards_per_function, 0.0) * weights, axis=-1)
-    return jnp.where(jnp.any(scored, axis=-1), total, jnp.nan)
-
-
 def _masked_mean_std(values: jnp.ndarray, valid: jnp.ndarray, axis) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Mean and Bessel-corrected (ddof=1) std of `values` where `valid`; std is 0 with fewer than 2 values."""
     count = jnp.sum(valid, axis=axis, keepdims=True)

@@ -23,9 +23,10 @@ from flax import struct
 
 from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
-from rlreason.rl.advantages import combine_rewards, group_advantages
+from rlreason.rl.advantages import group_advantages
 from rlreason.rl.losses import loss_denominator, loss_numerator, token_loss
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
+from rlreason.verifiers.combine import combine_rewards, reward_metrics
 
 # score(prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes) -> rewards [B, K]
 Scorer = Callable[..., jax.Array]
@@ -166,8 +167,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             "clip_ratio_high": jnp.mean(learned.clip_high),
             "clip_ratio_region": jnp.mean(learned.clip_low + learned.clip_high),
         }
-        for index, name in enumerate(reward_names):
-            metrics[f"rewards/{name}"] = jnp.nanmean(rewards_per_function[:, index])
+        metrics.update(reward_metrics(rewards_per_function, reward_names))
         if accuracy_reward:
             correct = rewards_per_function[:, reward_names.index(accuracy_reward)] >= 1.0
             metrics["accuracy"] = jnp.mean(correct)

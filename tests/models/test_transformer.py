@@ -1,0 +1,98 @@
+"""The model against itself under equivalent inputs: padding, caching, scanning, sliding windows."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlreason.config import ModelConfig
+from rlreason.models.transformer import (forward, init_cache, init_params, layer_windows, logical_axes,
+                                         param_specs, positions_from_mask)
+
+FAMILIES = {
+    "llama": {},
+    "qwen2": {"qkv_bias": True, "tie_embeddings": False},
+    "qwen3": {"qk_norm": True},
+    "gemma2": {"norm_scale_plus_one": True, "post_norms": True, "attn_logit_softcap": 50.0,
+               "final_logit_softcap": 30.0, "embed_scale": True, "hidden_act": "gelu_tanh", "sliding_window": 3,
+               "sliding_window_pattern": 2, "query_pre_attn_scalar": 16.0},
+}
+
+
+def tiny(**overrides) -> ModelConfig:
+    settings = dict(vocab_size=48, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8,
+                    intermediate_size=40, init_std=0.3)
+    return ModelConfig(**{**settings, **overrides})
+
+
+def full_forward(params, tokens, cfg):
+    mask = jnp.ones(tokens.shape, bool)
+    return forward(params, tokens, positions_from_mask(mask), mask, cfg)[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padding_does_not_change_logits(family):
+    cfg = tiny(**FAMILIES[family])
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jnp.asarray([[5, 9, 11, 20, 7, 3]])
+    padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), tokens], axis=1)
+    mask = jnp.concatenate([jnp.zeros((1, 3), bool), jnp.ones((1, 6), bool)], axis=1)
+    logits, _ = forward(params, padded, positions_from_mask(mask), mask, cfg)
+    np.testing.assert_allclose(logits[:, 3:], full_forward(params, tokens, cfg), atol=2e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_token_by_token_equals_full_forward(family):
+    cfg = tiny(**FAMILIES[family])
+    params = init_params(cfg, jax.random.key(1))
+    tokens = jax.random.randint(jax.random.key(2), (2, 7), 0, cfg.vocab_size)
+    expected = full_forward(params, tokens, cfg)
+    cache = init_cache(cfg, 2, 7)
+    key_valid = jnp.zeros((2, 7), bool)
+    for index in range(7):
+        key_valid = key_valid.at[:, index].set(True)
+        logits, cache = forward(params, tokens[:, index:index + 1], jnp.full((2, 1), index), key_valid, cfg,
+                                cache, index)
+        np.testing.assert_allclose(logits[:, 0], expected[:, index], atol=2e-5)
+
+
+def test_scanned_and_unrolled_layers_agree():
+    cfg = tiny(**FAMILIES["gemma2"])
+    params = init_params(cfg, jax.random.key(3))
+    tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
+    unrolled = tiny(**FAMILIES["gemma2"], scan_layers=False)
+    np.testing.assert_allclose(full_forward(params, tokens, cfg), full_forward(params, tokens, unrolled), atol=1e-5)
+
+
+def test_sliding_window_limits_what_a_layer_sees():
+    cfg = tiny(sliding_window=2, sliding_window_pattern=3, num_layers=1)
+    assert layer_windows(tiny(sliding_window=4, sliding_window_pattern=2, num_layers=4)).tolist() == [4, 0, 4, 0]
+    params = init_params(cfg, jax.random.key(5))
+    tokens = jax.random.randint(jax.random.key(6), (1, 6), 0, cfg.vocab_size)
+    changed_far = tokens.at[0, 0].set((tokens[0, 0] + 1) % cfg.vocab_size)
+    # With one windowed layer, the last token (window 2) cannot see token 0: its logits must not move.
+    np.testing.assert_allclose(full_forward(params, tokens, cfg)[:, -1], full_forward(params, changed_far, cfg)[:, -1],
+                               atol=1e-6)
+    assert not np.allclose(full_forward(params, tokens, cfg)[:, 1], full_forward(params, changed_far, cfg)[:, 1])
+
+
+def test_param_tree_carries_logical_axes():
+    cfg = tiny(tie_embeddings=False, qkv_bias=True)
+    params = init_params(cfg, jax.random.key(0))
+    axes = logical_axes(cfg)
+    assert jax.tree.structure(params) == jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, tuple))
+    for leaf, names in zip(jax.tree.leaves(params), jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
+        assert leaf.ndim == len(names)
+    assert axes["layers"]["q_proj"] == ("layers", "embed", "heads", "head_dim")
+    assert axes["lm_head"] == ("embed", "vocab")
+    assert param_specs(cfg)["layers"]["k_proj"].shape == (3, 32, 2, 8)
+
+
+def test_bfloat16_compute_with_float32_params_is_close():
+    cfg = tiny()
+    params = init_params(cfg, jax.random.key(7))
+    assert params["embed"].dtype == jnp.float32
+    tokens = jax.random.randint(jax.random.key(8), (2, 5), 0, cfg.vocab_size)
+    low = full_forward(params, tokens, tiny(dtype="bfloat16"))
+    assert low.dtype == jnp.float32  # logits always come back in float32
+    np.testing.assert_allclose(low, full_forward(params, tokens, cfg), atol=0.15)

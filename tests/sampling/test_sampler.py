@@ -1,0 +1,102 @@
+"""The sampler against full forward passes: the log-probs GRPO relies on, greedy decoding, reproducibility."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlreason.config import ModelConfig
+from rlreason.models.logprobs import completion_logprobs
+from rlreason.models.transformer import forward, init_params, positions_from_mask
+from rlreason.sampling.sampler import SamplingParams, filter_logits, generate
+
+CFG = ModelConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                  intermediate_size=40, init_std=0.4, qkv_bias=True, tie_embeddings=False)
+STOP = 3
+generate_jit = jax.jit(generate, static_argnames=("cfg", "sampling", "pad_id"))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = init_params(CFG, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    mask = np.ones((4, 6), np.int32)
+    mask[1, :2] = 0
+    mask[2, :5] = 0  # a one-token prompt
+    tokens = np.where(mask > 0, rng.integers(4, CFG.vocab_size, (4, 6)), 0).astype(np.int32)
+    stops = np.array([[STOP, -1], [STOP, 7], [STOP, -1], [STOP, 12]], np.int32)  # per-row stop tokens
+    return params, tokens, mask, stops
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature):
+    params, tokens, mask, stops = setup
+    roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
+                        sampling=SamplingParams(max_new_tokens=12, temperature=temperature))
+    recomputed = completion_logprobs(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, CFG, temperature)
+    completion_mask = np.asarray(roll.completion_mask)
+    assert completion_mask.sum() > 12  # something was sampled
+    np.testing.assert_allclose(np.asarray(recomputed) * completion_mask, roll.logprobs, atol=2e-5)
+
+
+def test_cached_greedy_equals_repeated_full_forward(setup):
+    params, tokens, mask, stops = setup
+    roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
+                        sampling=SamplingParams(max_new_tokens=10, temperature=0.0))
+    for row in range(tokens.shape[0]):
+        sequence = list(tokens[row][mask[row] > 0])
+        expected = []
+        for _ in range(10):
+            ids = jnp.asarray([sequence])
+            logits, _ = forward(params, ids, positions_from_mask(jnp.ones_like(ids)), jnp.ones(ids.shape, bool), CFG)
+            token = int(jnp.argmax(logits[0, -1]))
+            sequence.append(token)
+            expected.append(token)
+            if token in stops[row]:
+                break
+        length = int(roll.completion_mask[row].sum())
+        assert list(np.asarray(roll.tokens[row][:length])) == expected
+        assert bool(roll.truncated[row]) == (expected[-1] not in stops[row])
+
+
+def test_stop_tokens_end_rows_and_mask_covers_the_stop(setup):
+    params, tokens, mask, stops = setup
+    roll = generate_jit(params, tokens, mask, stops, jax.random.key(4), cfg=CFG,
+                        sampling=SamplingParams(max_new_tokens=16, temperature=1.5))
+    for row in range(tokens.shape[0]):
+        length = int(roll.completion_mask[row].sum())
+        sampled = list(np.asarray(roll.tokens[row]))
+        row_stops = [s for s in stops[row] if s >= 0]
+        assert not any(token in row_stops for token in sampled[:length - 1])
+        if not roll.truncated[row]:
+            assert sampled[length - 1] in row_stops
+        assert all(token == 0 for token in sampled[length:])  # pad after the stop
+        assert np.all(np.asarray(roll.logprobs[row, length:]) == 0)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(setup):
+    params, tokens, mask, stops = setup
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9)
+    first = generate_jit(params, tokens, mask, stops, jax.random.key(7), cfg=CFG, sampling=sampling)
+    again = generate_jit(params, tokens, mask, stops, jax.random.key(7), cfg=CFG, sampling=sampling)
+    other = generate_jit(params, tokens, mask, stops, jax.random.key(8), cfg=CFG, sampling=sampling)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    np.testing.assert_array_equal(first.logprobs, again.logprobs)
+    assert not np.array_equal(first.tokens, other.tokens)
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    logits = jnp.log(jnp.asarray([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    assert np.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, True, False, False, False]]
+    # Nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so the third token (0.15) is still needed; the fourth is not.
+    assert np.isfinite(filter_logits(logits, 0, 0.8)).tolist() == [[True, True, True, False, False]]
+    assert np.isfinite(filter_logits(logits, 0, 0.01)).tolist() == [[True, False, False, False, False]]
+
+
+def test_top_k_one_is_greedy(setup):
+    params, tokens, mask, stops = setup
+    greedy = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
+                          sampling=SamplingParams(max_new_tokens=8, temperature=0.0))
+    top1 = generate_jit(params, tokens, mask, stops, jax.random.key(9), cfg=CFG,
+                        sampling=SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1))
+    np.testing.assert_array_equal(greedy.tokens, top1.tokens)

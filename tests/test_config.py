@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from rlreason.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+def test_defaults_validate():
+    assert isinstance(load_config(None), Config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"'grpo.num_generaions' is unknown. Did you mean 'grpo.num_generations'"):
+        load_config(None, ["grpo.num_generaions=4"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"'train.steps' must be an integer, got 'many'"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"'model.scan_layers' must be true or false"):
+        load_config(None, ["model.scan_layers=3"])
+
+
+def test_wrong_choice_lists_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"'grpo.loss_type' got 'dapo2'; allowed values: 'grpo', 'bnpo', "
+                                          r"'dr_grpo', 'dapo' \(did you mean 'dapo'\?\)"):
+        load_config(None, ["grpo.loss_type=dapo2"])
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match=r"'model.num_kv_heads' must be <= num_heads"):
+        load_config(None, ["model.num_heads=2", "model.num_kv_heads=4"])
+    with pytest.raises(ConfigError, match=r"'grpo.accuracy_reward' must name one of grpo.rewards"):
+        load_config(None, ["grpo.accuracy_reward=gsm8k"])
+
+
+def test_overrides_apply_and_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("grpo:\n  beta: 0.04\ntrain: {steps: 3}\n")
+    cfg = load_config(path, ["train.steps=5", "grpo.rewards=[{name: r1_format}, {name: exact_answer, weight: 2}]"])
+    assert cfg.grpo.beta == 0.04 and cfg.train.steps == 5 and cfg.grpo.rewards[1].weight == 2.0
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    path.write_text("grpo: [1, 2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(path)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(CONFIGS[0], ["grpo.beta=0.01"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_configs_are_frozen():
+    cfg = load_config(None)
+    with pytest.raises(Exception):
+        cfg.train.steps = 3  # type: ignore[misc]
