@@ -4,8 +4,9 @@ Why processes: a verifier stuck in sympy (`9^{9^{9}}`) holds the GIL in C code; 
 `signal.alarm` works only in the main thread, while scoring runs in XLA callback threads. A process can be
 killed. Why `subprocess` rather than multiprocessing's spawn or forkserver: those re-import the parent's
 `__main__` in every worker (a training script that imports JAX: seconds and hundreds of MB per worker), and
-fork is unsafe in a process running XLA threads. A worker here runs `python -c`, imports only the modules named
-in `preload` (and whatever unpickling a call imports), and talks over a socket pair.
+fork is unsafe in a process running XLA threads. A worker here runs `python -c`, imports this package (the
+built-in verifiers, no JAX), the modules named in `preload` and whatever unpickling a call needs, and talks to
+the parent over a socket pair.
 
 Workers start on the first `run`, stay warm between runs, are replaced when a call times out or a worker dies,
 and are killed when the pool is closed or garbage-collected, and at interpreter exit. Each worker also lowers
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib
 import logging
 import math
@@ -138,13 +140,17 @@ class WorkerPool:
         with self._lock:
             results = [on_failure] * len(calls)
             pending = collections.deque(range(len(calls)))
-            while pending or any(worker.call_index is not None for worker in self._workers):
-                self._start_missing_workers()
-                for worker in self._workers:
-                    if worker.ready and worker.call_index is None and pending:
-                        self._dispatch(worker, pending, calls, timeout_s)
-                self._collect(results, calls)
-                self._enforce_deadlines(calls)
+            try:
+                while pending or any(worker.call_index is not None for worker in self._workers):
+                    self._start_missing_workers()
+                    for worker in self._workers:
+                        if worker.ready and worker.call_index is None and pending:
+                            self._dispatch(worker, pending, calls, timeout_s)
+                    self._collect(results, calls)
+                    self._enforce_deadlines(calls)
+            finally:  # left by an exception: a late reply must not land in the next run's results
+                for worker in [worker for worker in self._workers if worker.call_index is not None]:
+                    self._replace(worker)
             return results
 
     def _start_missing_workers(self) -> None:
@@ -212,6 +218,13 @@ class WorkerPool:
         """Kills `worker`; the next loop turn starts its replacement."""
         self._workers.remove(worker)
         _stop(worker)
+
+
+@functools.cache
+def shared_pool(preload: tuple[str, ...] = ()) -> WorkerPool:
+    """The process-wide pool for `preload`, so that every scorer (training, evaluation) shares the same warm
+    workers instead of starting its own."""
+    return WorkerPool(preload=preload)
 
 
 def _call_name(calls: Sequence[Call], worker: _Worker) -> str:

@@ -7,12 +7,24 @@ registered as isolated: it runs in a worker process that is killed at the time l
 
 from __future__ import annotations
 
+import logging
+
 from math_verify import parse, verify
 
 from rlreason.verifiers.base import reward_function
 from rlreason.verifiers.format import extract_answer
 
 MAX_MATH_ANSWER_CHARS = 1000
+
+
+def _is_not_timeout_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
+# math-verify warns once per process that its timeouts are off; here that is by design, and every restarted
+# worker process would repeat it.
+for _module in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_module).addFilter(_is_not_timeout_notice)
 
 
 def parse_latex(text: str) -> list:

@@ -1,0 +1,41 @@
+"""Scoring a batch of texts with several reward functions into a [B, K] matrix (NaN: not applicable).
+
+Cheap functions run inline (their input handling is linear-time or capped); isolated ones (sympy) run in the
+time-bounded worker pool. Nothing a completion contains can make this raise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from rlreason.verifiers.base import RewardFunction, call_reward
+from rlreason.verifiers.isolation import WorkerPool
+
+# What an isolated call that timed out or crashed scores: an answer that cannot be verified in time is wrong.
+FAILED_CALL_REWARD = 0.0
+
+
+def score_texts(reward_fns: Sequence[RewardFunction], prompts: Sequence[str], completions: Sequence[str],
+                golds: Sequence[str], metadatas: Sequence[dict], pool: WorkerPool, timeout_s: float) -> np.ndarray:
+    """Rewards [B, K] float32 of B rows under K functions; NaN where a function returned None.
+
+    `pool` runs the isolated functions, each call limited to `timeout_s` seconds; it starts no process unless
+    one of `reward_fns` is isolated.
+    """
+    rows = list(zip(prompts, completions, golds, metadatas, strict=True))
+    scores = np.full((len(rows), len(reward_fns)), np.nan, np.float32)
+    isolated_cells, isolated_calls = [], []
+    for k, reward in enumerate(reward_fns):
+        for b, row in enumerate(rows):
+            if reward.isolated:
+                isolated_cells.append((b, k))
+                isolated_calls.append((call_reward, (reward.name, reward.fn, *row)))
+            else:
+                scores[b, k] = call_reward(reward.name, reward.fn, *row)
+    if isolated_calls:
+        values = pool.run(isolated_calls, timeout_s, on_failure=FAILED_CALL_REWARD)
+        for (b, k), value in zip(isolated_cells, values):
+            scores[b, k] = value
+    return scores
