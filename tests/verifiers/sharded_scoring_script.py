@@ -1,0 +1,76 @@
+"""Run by test_reward_bridge_sharded.py in a fresh process with 8 simulated CPU devices (XLA_FLAGS set by the
+caller before JAX is imported). Prints one JSON object: per case, the rewards, the rewards of direct calls, how
+many rows each host callback scored, how often each row was scored, and the mesh axes the rows come back split over."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from rlreason.config import RewardConfig
+from rlreason.tokenizers import train_sentencepiece
+from rlreason.verifiers import bridge, encode_golds, get_reward_fn
+
+from token_rows import padded_rows
+
+NAMES = ("r1_format", "exact_answer", "countdown", "math_equiv")
+PUZZLE = {"numbers": [6, 7, 3, 2], "target": 28}
+
+
+def _rows(count: int) -> list[tuple[str, str, dict]]:
+    kinds = [
+        lambda i: (f"<think>{i} + 1</think> <answer>{i + 1}</answer>", str(i + 1), {}),
+        lambda i: (f"<think>t</think><answer>{i}</answer>", str(i + 1), {}),
+        lambda i: (f"<think>row {i}</think><answer>(6 / 3 + 2) * 7</answer>", "28", PUZZLE),
+        lambda i: (f"<answer>\\frac{{{2 * i}}}{{4}}</answer> row {i}", f"{i} / 2", {}),
+    ]
+    return [kinds[i % len(kinds)](i) for i in range(count)]
+
+
+def main() -> None:
+    assert jax.device_count() == 8
+    tokenizer = train_sentencepiece([f"<think>{i} + 1</think> <answer>{i + 1}</answer> row frac" for i in range(300)],
+                                    vocab_size=320, byte_fallback=True)
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    score = jax.jit(bridge.make_scorer(tokenizer, tuple(RewardConfig(name) for name in NAMES), timeout_s=5.0,
+                                       mesh=mesh))
+    rows_per_call, scored = [], collections.Counter()
+    real_score_texts = bridge.score_texts
+
+    def recording_score_texts(reward_fns, prompts, completions, *rest):
+        rows_per_call.append(len(completions))
+        scored.update(completions)
+        return real_score_texts(reward_fns, prompts, completions, *rest)
+
+    bridge.score_texts = recording_score_texts
+    report = {}
+    for count in (16, 4):  # 16 rows split over all 8 devices; 4 rows over data x fsdp, tensor replicas repeat
+        rows_per_call.clear()
+        scored.clear()
+        rows = _rows(count)
+        completion_tokens, completion_mask = padded_rows(tokenizer, [row[0] for row in rows], 32, eos=True)
+        prompt_tokens = np.ones((count, 4), np.int32)
+        prompt_mask = np.zeros((count, 4), bool)
+        gold_bytes = encode_golds([(gold, metadata) for _, gold, metadata in rows], max_bytes=96)
+        batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+        batch = jax.device_put((prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes),
+                               batch_sharding)
+        rewards = score(*batch)
+        direct = [[get_reward_fn(name)("", completion, gold, metadata) for name in NAMES]
+                  for completion, gold, metadata in rows]
+        report[count] = {
+            "rewards": np.asarray(rewards).tolist(),
+            "direct": direct,
+            "rows_per_call": sorted(rows_per_call),
+            "times_scored": sorted(scored[completion] for completion, _, _ in rows),
+            "row_axes": list(rewards.sharding.spec[0]),
+        }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
