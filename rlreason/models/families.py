@@ -217,9 +217,12 @@ def hf_config_from_model(cfg: ModelConfig, special_ids: dict[str, int | None] | 
     }
     if family.bias_key:
         hf_config[family.bias_key] = False
-    # 0 ("off") is null in config.json, except the attention scale, whose 0 stands for head_dim.
+    # 0 ("off") is null in config.json, except the attention scale, whose 0 stands for head_dim (and which
+    # transformers' strict Gemma2Config takes only as an int when it is whole).
+    attention_scalar = cfg.query_pre_attn_scalar or cfg.head_dim
     optional_values = {**{field: getattr(cfg, field) or None for field in _OPTIONAL_SCALAR_KEYS},
-                       "query_pre_attn_scalar": cfg.query_pre_attn_scalar or cfg.head_dim}
+                       "query_pre_attn_scalar": int(attention_scalar) if attention_scalar == int(attention_scalar)
+                       else attention_scalar}
     hf_config.update({key: optional_values[field] for field, key in _OPTIONAL_SCALAR_KEYS.items()
                       if field in family.optional_fields})
     if "sliding_window" in family.optional_fields:

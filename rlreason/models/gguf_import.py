@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from rlreason.config import ModelConfig
-from rlreason.models.families import model_config_from_hf, tensor_names
+from rlreason.models.families import UnsupportedModelError, model_config_from_hf, tensor_names
 from rlreason.models.hf_import import CheckpointError, load_params
 from rlreason.models.transformer import Params
 
@@ -111,7 +111,7 @@ def hf_config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict:
     """The config.json (as a dict) equivalent to a GGUF file's metadata."""
     architecture_name = _metadata(reader, "general.architecture")
     if architecture_name not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture: GGUF file {str(path)!r} has general.architecture "
+        raise UnsupportedModelError(f"unknown architecture: GGUF file {str(path)!r} has general.architecture "
                               f"{architecture_name!r}; supported: {', '.join(ARCHITECTURES)}")
     architecture = ARCHITECTURES[architecture_name]
     tensor_shapes = {tensor.name: tuple(reversed(tensor.shape.tolist())) for tensor in reader.tensors}
