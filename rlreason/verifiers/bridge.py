@@ -37,8 +37,11 @@ Scorer = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.A
 
 
 def detokenize(tokenizer: Tokenizer, ids: np.ndarray, mask: np.ndarray) -> str:
-    """Text of the tokens of one row where `mask` is set; ids outside the vocabulary read as U+FFFD (a model
-    head can be wider than its tokenizer's vocabulary). ids, mask: [T]."""
+    """Text of the tokens of one row where `mask` is set. ids, mask: [T].
+
+    Ids outside the vocabulary (a model head can be wider than its tokenizer's vocabulary) read as U+FFFD;
+    sentencepiece would drop them silently, turning "4", <junk id>, "2" into a correct "42".
+    """
     kept = np.asarray(ids)[np.asarray(mask).astype(bool)].tolist()
     runs = itertools.groupby(kept, key=lambda token_id: 0 <= token_id < tokenizer.vocab_size)
     return "".join(tokenizer.decode(list(run)) if in_vocab else OUT_OF_VOCAB_CHAR * len(list(run))
