@@ -33,6 +33,7 @@ import types
 from collections.abc import Mapping, Sequence
 
 import jax
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlreason.config import MeshConfig, ModelConfig
@@ -55,6 +56,10 @@ AXIS_RULES: Rules = types.MappingProxyType({
 })
 
 CACHE_AXES = ("layers", "cache_batch", "cache_sequence", "kv_heads", "head_dim")
+
+
+def _is_param_spec(node) -> bool:
+    return isinstance(node, ParamSpec)
 
 
 def axis_rules(mesh_cfg: MeshConfig) -> Rules:
@@ -84,12 +89,24 @@ def named_sharding(axes: Sequence[str], shape: Sequence[int], mesh: Mesh, rules:
 def spec_shardings(specs, mesh: Mesh, rules: Rules = AXIS_RULES):
     """A tree of ParamSpec leaves (logical axes and shapes) -> the same tree of NamedShardings."""
     return jax.tree.map(lambda spec: named_sharding(spec.axes, spec.shape, mesh, rules), specs,
-                        is_leaf=lambda node: isinstance(node, ParamSpec))
+                        is_leaf=_is_param_spec)
 
 
 def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules: Rules = AXIS_RULES) -> Params:
     """A NamedSharding per parameter leaf, in the params' tree structure."""
     return spec_shardings(param_specs(model_cfg), mesh, rules)
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, model_cfg: ModelConfig, mesh: Mesh,
+                        rules: Rules = AXIS_RULES):
+    """Shardings of `optimizer`'s state: its parameter-shaped parts (e.g. Adam's moments) like the params,
+    the rest (step counts) replicated. Compiling `optimizer.init` without them replicates the whole state."""
+    abstract_params = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype),
+                                   param_specs(model_cfg), is_leaf=_is_param_spec)
+    abstract_state = jax.eval_shape(optimizer.init, abstract_params)
+    return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_state,
+                                 param_shardings(model_cfg, mesh, rules),
+                                 transform_non_params=lambda _: replicated(mesh))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = AXIS_RULES) -> NamedSharding:
