@@ -45,7 +45,8 @@ def convert(source: str | Path, out_dir: str | Path, param_dtype: str = "float32
     return cfg
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ModelConfig:
+def export_hf(model_dir: str | Path, out_dir: str | Path,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ModelConfig:
     """Writes an rlreason model directory as a Hugging Face one: config.json, safetensors, tokenizer files."""
     params, cfg, tokenizer = load_model(model_dir)
     save_hf(params, cfg, out_dir, {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id},

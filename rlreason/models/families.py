@@ -82,7 +82,8 @@ LAYER_TENSOR_NAMES = {
     "up_proj": "mlp.up_proj.weight",
     "down_proj": "mlp.down_proj.weight",
 }
-TOP_TENSOR_NAMES = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
+TOP_TENSOR_NAMES = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
+                    "lm_head": "lm_head.weight"}
 
 # Tensors some checkpoints carry that hold nothing the model needs (precomputed rotary frequencies).
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)

@@ -23,6 +23,7 @@ from rlreason.config import ModelConfig
 from rlreason.models.families import UnsupportedModelError, model_config_from_hf, tensor_names
 from rlreason.models.hf_import import CheckpointError, load_params
 from rlreason.models.transformer import Params
+from rlreason.tokenizers.gguf_vocab import gguf_metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,22 +103,17 @@ def _open_reader(path: Path) -> gguf.GGUFReader:
                               f"to {end} but the file has {size}; {len(cut)} tensor(s) are cut") from None
 
 
-def _metadata(reader: gguf.GGUFReader, key: str, default=None):
-    field = reader.fields.get(key)
-    return field.contents() if field is not None else default
-
-
 def hf_config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict:
     """The config.json (as a dict) equivalent to a GGUF file's metadata."""
-    architecture_name = _metadata(reader, "general.architecture")
+    architecture_name = gguf_metadata(reader, "general.architecture")
     if architecture_name not in ARCHITECTURES:
         raise UnsupportedModelError(f"unknown architecture: GGUF file {str(path)!r} has general.architecture "
                               f"{architecture_name!r}; supported: {', '.join(ARCHITECTURES)}")
     architecture = ARCHITECTURES[architecture_name]
     tensor_shapes = {tensor.name: tuple(reversed(tensor.shape.tolist())) for tensor in reader.tensors}
-    hf_config = {hf_key: _metadata(reader, f"{architecture_name}.{key}") for key, hf_key in _METADATA_KEYS.items()
+    hf_config = {hf_key: gguf_metadata(reader, f"{architecture_name}.{key}") for key, hf_key in _METADATA_KEYS.items()
                  if f"{architecture_name}.{key}" in reader.fields}
-    scaling = _metadata(reader, f"{architecture_name}.rope.scaling.type", "none")
+    scaling = gguf_metadata(reader, f"{architecture_name}.rope.scaling.type", "none")
     hf_config.update(
         model_type=architecture.family,
         vocab_size=tensor_shapes[GGUF_TOP_NAMES["embed"]][0],

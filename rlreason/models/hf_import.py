@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from rlreason.config import ModelConfig
-from rlreason.models.families import IGNORED_TENSOR_SUFFIXES, model_config_from_hf, tensor_names
+from rlreason.models.families import IGNORED_TENSOR_SUFFIXES, TOP_TENSOR_NAMES, model_config_from_hf, tensor_names
 from rlreason.models.hf_layout import LEAF_LAYOUTS, hf_shape, read_leaf_block
 from rlreason.models.transformer import Params, param_specs
 
@@ -116,20 +116,24 @@ class SafetensorsSource:
         return set(self._file_of)
 
 
-def _layer_names(name: Any, num_layers: int) -> list[str]:
-    return [name.format(layer=layer) for layer in range(num_layers)]
+def _leaf_tensors(path, spec, names: Params, cfg: ModelConfig) -> tuple[list[str], tuple[int, ...]]:
+    """The HF tensors of one leaf (one per layer for the stacked layer leaves) and the leaf shape each holds."""
+    leaf = path[-1].key
+    if path[0].key == "layers":
+        return [names["layers"][leaf].format(layer=layer) for layer in range(cfg.num_layers)], spec.shape[1:]
+    return [names[leaf]], spec.shape
+
+
+def _is_spec(node) -> bool:
+    return hasattr(node, "axes")
 
 
 def _check_tensors(source: TensorSource, cfg: ModelConfig, names: Params, specs: Params) -> None:
     """Raises a CheckpointError naming the first missing, misshapen or unexpected tensor."""
     wanted = {}
-    for path, spec in jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda node: hasattr(node, "axes")):
-        leaf = path[-1].key
-        is_layer = path[0].key == "layers"
-        name = names["layers"][leaf] if is_layer else names[leaf]
-        shape = hf_shape(LEAF_LAYOUTS[leaf], spec.shape[1:] if is_layer else spec.shape)
-        for tensor in (_layer_names(name, cfg.num_layers) if is_layer else [name]):
-            wanted[tensor] = shape
+    for path, spec in jax.tree_util.tree_leaves_with_path(specs, is_leaf=_is_spec):
+        tensors, shape = _leaf_tensors(path, spec, names, cfg)
+        wanted.update(dict.fromkeys(tensors, hf_shape(LEAF_LAYOUTS[path[-1].key], shape)))
     for tensor, shape in wanted.items():
         found = source.tensor_shape(tensor)
         if found is None:
@@ -139,7 +143,7 @@ def _check_tensors(source: TensorSource, cfg: ModelConfig, names: Params, specs:
             raise CheckpointError(f"tensor {tensor!r} in {source.location(tensor)} has shape {found}; the config "
                                   f"expects {shape}")
     # A tied checkpoint may still carry its output matrix; anything else left over would be silently dropped.
-    allowed_extra = {names.get("lm_head", "lm_head.weight")} if cfg.tie_embeddings else set()
+    allowed_extra = {TOP_TENSOR_NAMES["lm_head"]} if cfg.tie_embeddings else set()
     unexpected = sorted(name for name in source.names() - wanted.keys() - allowed_extra
                         if not name.endswith(IGNORED_TENSOR_SUFFIXES))
     if unexpected:
@@ -153,30 +157,28 @@ def load_params(source: TensorSource, cfg: ModelConfig, shardings: Params | None
     specs = param_specs(cfg)
     names = tensor_names(cfg)
     _check_tensors(source, cfg, names, specs)
-    is_spec = lambda node: hasattr(node, "axes")  # noqa: E731
     if shardings is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), specs,
-                                 is_leaf=is_spec)
+                                 is_leaf=_is_spec)
     dtype = jax.numpy.dtype(cfg.param_dtype)
 
     def make_leaf(path, spec, sharding):
-        leaf = path[-1].key
-        layout = LEAF_LAYOUTS[leaf]
-        if path[0].key != "layers":
-            def read_block(block):
-                return read_leaf_block(layout, spec.shape, block,
-                                       lambda hf_block: source.read(names[leaf], hf_block)).astype(dtype)
-        else:
-            def read_block(block):
-                layers = range(cfg.num_layers)[block[0]]
-                tensors = [names["layers"][leaf].format(layer=layer) for layer in layers]
-                return np.stack([
-                    read_leaf_block(layout, spec.shape[1:], block[1:],
-                                    lambda hf_block, tensor=tensor: source.read(tensor, hf_block))
-                    for tensor in tensors]).astype(dtype)
+        layout = LEAF_LAYOUTS[path[-1].key]
+        tensors, tensor_leaf_shape = _leaf_tensors(path, spec, names, cfg)
+        stacked = path[0].key == "layers"
+
+        def read_tensor_block(tensor: str, block: tuple[slice, ...]) -> np.ndarray:
+            return read_leaf_block(layout, tensor_leaf_shape, block,
+                                   lambda hf_block: source.read(tensor, hf_block)).astype(dtype)
+
+        def read_block(block: tuple[slice, ...]) -> np.ndarray:
+            if stacked:
+                return np.stack([read_tensor_block(tensor, block[1:]) for tensor in tensors[block[0]]])
+            return read_tensor_block(tensors[0], block)
+
         return jax.make_array_from_callback(spec.shape, sharding, read_block)
 
-    return jax.tree_util.tree_map_with_path(make_leaf, specs, shardings, is_leaf=is_spec)
+    return jax.tree_util.tree_map_with_path(make_leaf, specs, shardings, is_leaf=_is_spec)
 
 
 def read_hf_config(directory: str | Path) -> dict:

@@ -41,12 +41,14 @@ def _byte_alphabet() -> dict[int, str]:
             **{byte: chr(256 + offset) for offset, byte in enumerate(extra)}}
 
 
-def _metadata(reader: gguf.GGUFReader, key: str, default=None):
+def gguf_metadata(reader: gguf.GGUFReader, key: str, default=None):
+    """The value of a GGUF metadata key, or `default` when the file lacks it."""
     field = reader.fields.get(key)
     return field.contents() if field is not None else default
 
 
-def _byte_level_bpe(tokens: list[str], merges: list[str], token_types: list[int], pre: str | None) -> tokenizers.Tokenizer:
+def _byte_level_bpe(tokens: list[str], merges: list[str], token_types: list[int],
+                    pre: str | None) -> tokenizers.Tokenizer:
     """A byte-level BPE over `tokens` (ids = positions), control tokens special, user-defined ones whole."""
     spelling = _byte_alphabet()
     alphabet = set(spelling.values())
@@ -76,16 +78,16 @@ def tokenizer_from_gguf(path: str | Path) -> HFTokenizer:
     if not path.is_file():
         raise TokenizerError(f"GGUF file {str(path)!r} does not exist")
     reader = gguf.GGUFReader(path)
-    kind = _metadata(reader, "tokenizer.ggml.model")
+    kind = gguf_metadata(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
         raise TokenizerError(f"GGUF file {str(path)!r} has a {kind!r} tokenizer; only byte-level BPE ('gpt2') "
                              f"vocabularies are supported")
-    tokens = _metadata(reader, "tokenizer.ggml.tokens")
-    token_types = _metadata(reader, "tokenizer.ggml.token_type", [])
-    backend = _byte_level_bpe(tokens, _metadata(reader, "tokenizer.ggml.merges", []), token_types,
-                              _metadata(reader, "tokenizer.ggml.pre"))
+    tokens = gguf_metadata(reader, "tokenizer.ggml.tokens")
+    token_types = gguf_metadata(reader, "tokenizer.ggml.token_type", [])
+    backend = _byte_level_bpe(tokens, gguf_metadata(reader, "tokenizer.ggml.merges", []), token_types,
+                              gguf_metadata(reader, "tokenizer.ggml.pre"))
     special_tokens = {f"{name}_token": tokens[token_id] if token_id is not None else None
-                      for name, token_id in (("bos", _metadata(reader, "tokenizer.ggml.bos_token_id")),
-                                             ("eos", _metadata(reader, "tokenizer.ggml.eos_token_id")),
-                                             ("pad", _metadata(reader, "tokenizer.ggml.padding_token_id")))}
-    return HFTokenizer(backend, special_tokens, _metadata(reader, "tokenizer.chat_template"), source=repr(str(path)))
+                      for name, token_id in (("bos", gguf_metadata(reader, "tokenizer.ggml.bos_token_id")),
+                                             ("eos", gguf_metadata(reader, "tokenizer.ggml.eos_token_id")),
+                                             ("pad", gguf_metadata(reader, "tokenizer.ggml.padding_token_id")))}
+    return HFTokenizer(backend, special_tokens, gguf_metadata(reader, "tokenizer.chat_template"), source=repr(str(path)))

@@ -33,8 +33,9 @@ FAMILY_CASES = {
     "qwen2_bias_tied": (transformers.Qwen2Config, dict(num_key_value_heads=2, tie_word_embeddings=True)),
     "qwen3_qknorm_untied": (transformers.Qwen3Config, dict(num_key_value_heads=1, tie_word_embeddings=False)),
     "gemma": (transformers.GemmaConfig, dict(num_key_value_heads=1)),
-    "gemma2_window4": (transformers.Gemma2Config, dict(num_key_value_heads=2, sliding_window=4, query_pre_attn_scalar=24,
-                                                        attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma2_window4": (transformers.Gemma2Config,
+                       dict(num_key_value_heads=2, sliding_window=4, query_pre_attn_scalar=24,
+                            attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
 }
 
 

@@ -80,6 +80,7 @@ def test_unknown_gguf_architecture_is_named(tmp_path):
 def test_gguf_rope_scaling_is_refused(tmp_path):
     model = build_hf_model("llama_gqa_untied")
     path = tmp_path / "scaled.gguf"
-    write_gguf(model, path, Q.F32, extra_metadata=lambda writer: writer.add_rope_scaling_type(gguf.RopeScalingType.YARN))
+    write_gguf(model, path, Q.F32,
+               extra_metadata=lambda writer: writer.add_rope_scaling_type(gguf.RopeScalingType.YARN))
     with pytest.raises(UnsupportedModelError, match="yarn"):
         import_gguf(path)
