@@ -47,8 +47,10 @@ class SentencePieceTokenizer(Tokenizer):
         return self._processor.encode(text)
 
     def decode(self, ids: list[int]) -> str:
+        # Models often have more embedding rows than the tokenizer has pieces; such ids decode to nothing.
         controls = {self.pad_id, self.eos_id, self.bos_id}
-        return self._processor.decode([int(i) for i in ids if int(i) not in controls])
+        size = self.vocab_size
+        return self._processor.decode([int(i) for i in ids if int(i) not in controls and 0 <= int(i) < size])
 
     def token_to_id(self, token: str) -> int | None:
         token_id = self._processor.piece_to_id(token)

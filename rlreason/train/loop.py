@@ -64,7 +64,10 @@ def build_trainer(cfg: Config, params=None, tokenizer: Tokenizer | None = None) 
         stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule)
-    state = init_train_state(params, optimizer, jax.random.key(cfg.train.seed), keep_reference=grpo.beta > 0)
+    # Committed placement from the start: otherwise the first step's outputs (committed) would not match its
+    # inputs (uncommitted) and the second call would compile the step again.
+    state = jax.device_put(init_train_state(params, optimizer, jax.random.key(cfg.train.seed),
+                                            keep_reference=grpo.beta > 0), jax.devices()[0])
     examples = task_examples(cfg.task, "train", cfg.task.num_train)
     batches = prompt_batches(examples, tokenizer, cfg.tokenizer.template, cfg.sampling.max_prompt_length,
                              cfg.train.batch_size, seed=cfg.train.seed)

@@ -41,6 +41,8 @@ def test_special_ids_and_decode_drops_controls(tokenizer):
     assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id) == (0, 3, 2)
     ids = tokenizer.encode("<answer>7</answer>")
     assert tokenizer.decode(ids + [tokenizer.eos_id, tokenizer.pad_id]) == "<answer>7</answer>"
+    # ids past the tokenizer's vocabulary (a model's padded embedding rows) decode to nothing
+    assert tokenizer.decode(ids + [tokenizer.vocab_size, 10_000]) == "<answer>7</answer>"
 
 
 def test_save_and_load(tokenizer, tmp_path):
