@@ -10,12 +10,46 @@ from __future__ import annotations
 import datetime
 import json
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlreason.tokenizers.base import Tokenizer, TokenizerError
+
+
+# Where transformers keeps a tokenizer's settings and, since v4.43, its chat template.
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+
+
+def read_tokenizer_config(directory: str | Path) -> dict:
+    """tokenizer_config.json in `directory` as a dict ({} when there is none)."""
+    path = Path(directory) / TOKENIZER_CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_chat_template(directory: str | Path) -> str | None:
+    """The chat template stored in `directory`: chat_template.jinja, else tokenizer_config.json's
+    `chat_template` (a string, or a list of named templates of which "default" is the chat one)."""
+    template_path = Path(directory) / TEMPLATE_FILE
+    if template_path.is_file():
+        return template_path.read_text()
+    entry = read_tokenizer_config(directory).get("chat_template")
+    if isinstance(entry, list):
+        named = {item["name"]: item["template"] for item in entry}
+        return named.get("default", next(iter(named.values()), None))
+    return entry
+
+
+def write_tokenizer_config(directory: str | Path, config: dict, chat_template: str | None) -> None:
+    """Writes tokenizer_config.json (with the chat template, if any) as transformers reads it."""
+    directory = Path(directory)
+    with_template = {**config, "chat_template": chat_template} if chat_template else config
+    (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(with_template, indent=2, ensure_ascii=False))
+    # A template file left by an earlier save would take precedence over the one just written.
+    (directory / TEMPLATE_FILE).unlink(missing_ok=True)
 
 
 def _raise_exception(message: str):

@@ -7,30 +7,21 @@ written here also loads with `AutoTokenizer`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tokenizers
 
 from rlreason.tokenizers.base import Tokenizer, TokenizerError
+from rlreason.tokenizers.chat import (TOKENIZER_CONFIG_FILE, read_chat_template, read_tokenizer_config,
+                                      write_tokenizer_config)
 
 TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-TEMPLATE_FILE = "chat_template.jinja"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token")
 
 
 def _token_text(entry) -> str | None:
     """tokenizer_config.json writes a special token as a string or as an AddedToken dict."""
     return entry.get("content") if isinstance(entry, dict) else entry
-
-
-def _template_text(entry) -> str | None:
-    """tokenizer_config.json writes the chat template as a string or as a list of named templates."""
-    if isinstance(entry, list):
-        named = {item["name"]: item["template"] for item in entry}
-        return named.get("default", next(iter(named.values()), None))
-    return entry
 
 
 class HFTokenizer(Tokenizer):
@@ -47,7 +38,7 @@ class HFTokenizer(Tokenizer):
             if ids[key] is None:
                 raise TokenizerError(f"tokenizer {source}: its {key} {text!r} is not in the vocabulary")
         if "eos_token" not in ids:
-            raise TokenizerError(f"tokenizer {source} names no eos_token (expected in {CONFIG_FILE} next to "
+            raise TokenizerError(f"tokenizer {source} names no eos_token (expected in {TOKENIZER_CONFIG_FILE} next to "
                                  f"{TOKENIZER_FILE}); sampling needs one to stop")
         self.eos_id = ids["eos_token"]
         self.bos_id = ids.get("bos_token")
@@ -66,25 +57,16 @@ class HFTokenizer(Tokenizer):
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as error:  # the Rust library raises a bare Exception for a malformed file
             raise TokenizerError(f"tokenizer file {str(path)!r} cannot be read: {error}") from None
-        config_path = path.parent / CONFIG_FILE
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        template_path = path.parent / TEMPLATE_FILE
-        chat_template = (template_path.read_text() if template_path.is_file()
-                         else _template_text(config.get("chat_template")))
+        config = read_tokenizer_config(path.parent)
         special_tokens = {key: _token_text(config.get(key)) for key in _SPECIAL_KEYS}
-        return cls(backend, special_tokens, chat_template, source=repr(str(path)))
+        return cls(backend, special_tokens, read_chat_template(path.parent), source=repr(str(path)))
 
     def save_to(self, directory: str | Path) -> str:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE))
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
-                  **self._special_tokens}
-        if self.chat_template:
-            config["chat_template"] = self.chat_template
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False))
-        # A template file left by an earlier save would take precedence over the one just written.
-        (directory / TEMPLATE_FILE).unlink(missing_ok=True)
+        write_tokenizer_config(directory, {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False,
+                                           "add_eos_token": False, **self._special_tokens}, self.chat_template)
         return TOKENIZER_FILE
 
     @property

@@ -9,13 +9,15 @@ from typing import Iterable
 import sentencepiece as spm
 
 from rlreason.tokenizers.base import REASONING_TAGS, Tokenizer, TokenizerError
+from rlreason.tokenizers.chat import read_chat_template, write_tokenizer_config
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 class SentencePieceTokenizer(Tokenizer):
-    def __init__(self, model_proto: bytes, source: str = "<memory>"):
+    def __init__(self, model_proto: bytes, source: str = "<memory>", chat_template: str | None = None):
         self.model_proto = model_proto
+        self.chat_template = chat_template
         try:
             self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
         except (RuntimeError, OSError) as error:
@@ -32,11 +34,13 @@ class SentencePieceTokenizer(Tokenizer):
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"sentencepiece model {str(path)!r} does not exist")
-        return cls(path.read_bytes(), source=repr(str(path)))
+        return cls(path.read_bytes(), source=repr(str(path)), chat_template=read_chat_template(path.parent))
 
     def save_to(self, directory: str | Path) -> str:
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / "tokenizer.model").write_bytes(self.model_proto)
+        if self.chat_template:
+            write_tokenizer_config(directory, {}, self.chat_template)
         return "tokenizer.model"
 
     @property

@@ -12,7 +12,7 @@ from tokenizers import pre_tokenizers, trainers
 os.environ["HF_HUB_OFFLINE"] = "1"
 import transformers  # noqa: E402
 
-from rlreason.tokenizers import HFTokenizer, TokenizerError, load_tokenizer  # noqa: E402
+from rlreason.tokenizers import HFTokenizer, TokenizerError, load_tokenizer, train_sentencepiece  # noqa: E402
 from rlreason.tokenizers.chat import render_chat  # noqa: E402
 from rlreason.tokenizers.templates import render_prompt  # noqa: E402
 
@@ -121,3 +121,15 @@ def test_chat_template_needs_a_tokenizer_that_has_one(tokenizer_dir, tmp_path):
 def test_unknown_tokenizer_file_kind_is_refused(tmp_path):
     with pytest.raises(TokenizerError, match="cannot tell the tokenizer kind.*vocab.txt"):
         load_tokenizer(tmp_path / "vocab.txt")
+
+
+def test_sentencepiece_tokenizer_keeps_the_chat_template_of_its_folder(tmp_path):
+    original = train_sentencepiece(CORPUS, vocab_size=60)
+    original.save_to(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    loaded = load_tokenizer(tmp_path / "hf" / "tokenizer.model")
+    reloaded = load_tokenizer(tmp_path / "saved" / loaded.save_to(tmp_path / "saved"))
+    assert reloaded.chat_template == CHAT_TEMPLATE
+    assert render_prompt("Hi", "chat", reloaded).endswith("<|im_start|>user\nHi<|im_end|>\n"
+                                                          "<|meta|>{\"a\": \"é<b>\"}\n<|im_start|>assistant\n")
+    assert load_tokenizer(tmp_path / "plain" / original.save_to(tmp_path / "plain")).chat_template is None
