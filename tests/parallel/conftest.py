@@ -18,7 +18,7 @@ def python_env() -> dict[str, str]:
     reruns skip XLA compilation (it is keyed by the program, so it cannot change results)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/rlreason-jax"))
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/rlreason-jax-tests"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
     return env
