@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from hf_reference import (FAMILY_CASES, VOCAB, build_hf_model, hf_greedy, hf_logits, left_pad, rlreason_greedy,
                           rlreason_logits)
 from safetensors.numpy import load_file, save_file
@@ -140,3 +142,16 @@ def test_rope_scaling_is_refused(llama_dir, tmp_path):
                              rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0})
     with pytest.raises(UnsupportedModelError, match="llama3"):
         import_hf(directory)
+
+
+def test_bfloat16_checkpoint_imports_bit_exactly(tmp_path):
+    model = build_hf_model("qwen2_bias_tied").to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    params, cfg = import_hf(tmp_path, param_dtype="bfloat16")
+    assert params["layers"]["q_proj"].dtype == jnp.bfloat16 and cfg.dtype == "bfloat16"
+    attention = model.model.layers[3].self_attn
+    # [E, H, D] back to torch's [H * D, E]
+    q_proj = np.asarray(params["layers"]["q_proj"][3], np.float32).reshape(cfg.hidden_size, -1).T
+    np.testing.assert_array_equal(q_proj, attention.q_proj.weight.detach().float().numpy())
+    np.testing.assert_array_equal(np.asarray(params["layers"]["k_bias"][3], np.float32).reshape(-1),
+                                  attention.k_proj.bias.detach().float().numpy())
