@@ -108,7 +108,7 @@ def hf_config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict:
     architecture_name = gguf_metadata(reader, "general.architecture")
     if architecture_name not in ARCHITECTURES:
         raise UnsupportedModelError(f"unknown architecture: GGUF file {str(path)!r} has general.architecture "
-                              f"{architecture_name!r}; supported: {', '.join(ARCHITECTURES)}")
+                                    f"{architecture_name!r}; supported: {', '.join(ARCHITECTURES)}")
     architecture = ARCHITECTURES[architecture_name]
     tensor_shapes = {tensor.name: tuple(reversed(tensor.shape.tolist())) for tensor in reader.tensors}
     hf_config = {hf_key: gguf_metadata(reader, f"{architecture_name}.{key}") for key, hf_key in _METADATA_KEYS.items()
