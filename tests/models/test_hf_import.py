@@ -13,11 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from gguf_writer import write_gguf
 from hf_reference import (FAMILY_CASES, VOCAB, build_hf_model, hf_greedy, hf_logits, left_pad, rlreason_greedy,
                           rlreason_logits)
 from safetensors.numpy import load_file, save_file
@@ -79,9 +81,11 @@ def test_sharded_checkpoint_with_index_imports_like_a_single_file(llama_dir, tmp
         np.testing.assert_array_equal(np.asarray(sharded_leaf), np.asarray(single_leaf))
 
 
-def test_sharded_load_reads_only_each_devices_block(llama_dir):
+def test_sharded_load_reads_only_each_devices_block(llama_dir, tmp_path):
+    write_gguf(build_hf_model("llama_gqa_untied"), tmp_path / "model.gguf", gguf.GGMLQuantizationType.Q8_0)
     script = Path(__file__).parent / "scripts" / "sharded_import.py"
-    result = subprocess.run([sys.executable, str(script), str(llama_dir)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(script), str(llama_dir), str(tmp_path / "model.gguf")],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "sharded import ok" in result.stdout, result.stderr[-3000:]
 
 
