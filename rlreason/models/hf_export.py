@@ -48,6 +48,9 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, special_ids: 
 
     special_ids: optional {"bos": id, "eos": id, "pad": id} for config.json (see `hf_config_from_model`).
     """
+    if not all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
+        raise ValueError("save_hf writes from one process, but the params span several; gather them first "
+                         "(jax.experimental.multihost_utils.process_allgather)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_config = hf_config_from_model(cfg, special_ids)
