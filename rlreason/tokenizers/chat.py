@@ -3,6 +3,9 @@
 The template sees `messages`, `add_generation_prompt` and the special-token strings (`bos_token`,
 `eos_token`, ...), with transformers' helpers `raise_exception`, `strftime_now` and its `tojson` filter, in a
 sandboxed environment with `trim_blocks` and `lstrip_blocks`, so that prompts match the model's training format.
+
+Templates are stored beside a tokenizer file as transformers stores them (tokenizer_config.json or
+chat_template.jinja), so every tokenizer backend keeps its template in a model directory.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rlreason.tokenizers.base import Tokenizer, TokenizerError
 
-
-# Where transformers keeps a tokenizer's settings and, since v4.43, its chat template.
+# Where transformers keeps a tokenizer's settings and, in recent versions, its chat template.
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
 
