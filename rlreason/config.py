@@ -94,19 +94,38 @@ class TokenizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-    """The prompt source: a synthetic task generated from a seed, or a dataset file."""
+    """The prompt source (see `rlreason.data.sources`).
+
+    Generated from `seed` (held-out problems from a disjoint seed): addition, multiplication, countdown, and
+    reasoning_gym (the generator `reasoning_gym_name`). Read from `path`, a JSONL or Parquet file or a folder
+    of them: gsm8k (gold: the number after `####`), math (MATH-500 / AIME / AMC: gold is the `answer` field,
+    LaTeX), jsonl (any such files, despite the name: the format follows each file's suffix).
+    """
 
     name: Literal["addition", "multiplication", "countdown", "gsm8k", "math", "jsonl", "reasoning_gym"] = "addition"
     min_digits: int = 1
     max_digits: int = 2
     countdown_numbers: int = 3
-    path: str = ""  # a dataset file or folder, for the file-backed tasks
-    prompt_field: str = "question"
+    path: str = ""  # a .jsonl / .parquet file or a folder of them, for gsm8k, math and jsonl
+    eval_path: str = ""  # held-out file or folder for those; empty: num_eval rows of `path`, chosen by seed
+    prompt_field: str = ""  # empty: the source's own ("problem" for math, "question" otherwise)
     answer_field: str = "answer"
+    metadata_fields: tuple[str, ...] = ()  # row fields handed to the verifiers (e.g. countdown's numbers, target)
+    on_bad_row: Literal["stop", "skip"] = "stop"  # a malformed row stops loading, or is skipped and counted
+    max_gold_bytes: int = 512  # width of a gold-answer row in the step's batch (answer + metadata as JSON)
     reasoning_gym_name: str = ""
     seed: int = 0
-    num_train: int = 20000  # size of the generated training pool (synthetic tasks)
-    num_eval: int = 64  # held-out prompts for evaluation (generated from a different seed)
+    num_train: int = 20000  # training pool: problems generated, or at most this many rows read
+    num_eval: int = 64  # held-out prompts for evaluation
+
+    def validate(self, path: str) -> None:
+        _require(self.name not in ("gsm8k", "math", "jsonl") or self.path != "", f"{path}.path",
+                 f"must name a .jsonl / .parquet file or a folder of them for {path}.name={self.name!r}")
+        _require(self.name != "reasoning_gym" or self.reasoning_gym_name != "", f"{path}.reasoning_gym_name",
+                 f"must name a reasoning-gym generator (e.g. countdown) for {path}.name='reasoning_gym'")
+        _require(self.num_train > 0, f"{path}.num_train", f"must be > 0, got {self.num_train}")
+        _require(self.num_eval >= 0, f"{path}.num_eval", f"must be >= 0, got {self.num_eval}")
+        _require(self.max_gold_bytes > 0, f"{path}.max_gold_bytes", f"must be > 0, got {self.max_gold_bytes}")
 
 
 @dataclasses.dataclass(frozen=True)
