@@ -1,23 +1,55 @@
-"""Examples: a question, its gold answer and verifier metadata, from whichever source the task names."""
+"""The examples of the configured task for one split: the source `task.name` names and the train / eval split.
+
+Splits. Generated tasks: eval problems come from seed + `EVAL_SEED_OFFSET`, a seed stream training never
+uses (on a tiny problem space, such as 1-digit addition, the same problem can still come up in both). Files:
+eval reads `task.eval_path` when it is set, and training all of `task.path`; otherwise `task.num_eval` rows of
+`task.path`, chosen by `task.seed`, are held out for eval and training never sees them. `count` is how many
+problems to generate, or at most how many rows to take, in file order.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import random
+from typing import Literal
 
-from rlreason.config import TaskConfig
-from rlreason.data import synthetic
+from rlreason.config import ConfigError, TaskConfig
+from rlreason.data.bad_rows import BadRow
+from rlreason.data.readers import Record, read_records
+from rlreason.data.sources import (FILE_SOURCES, Example, file_examples, reasoning_gym_examples,
+                                   synthetic_examples)
+from rlreason.data.synthetic import EVAL_SEED_OFFSET, SYNTHETIC_TASKS
+
+Split = Literal["train", "eval"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-    question: str
-    answer: str
-    metadata: dict = dataclasses.field(default_factory=dict)
+def _file_split(task: TaskConfig, split: Split) -> list[Record | BadRow]:
+    """The rows of `split`, in file order."""
+    if task.eval_path and split == "eval":
+        return read_records(task.eval_path, "task.eval_path")
+    rows = read_records(task.path, "task.path")
+    if task.eval_path:
+        return rows
+    if split == "train" and len(rows) <= task.num_eval:
+        raise ConfigError(f"config key 'task.num_eval' holds out {task.num_eval} rows, but task.path has only "
+                          f"{len(rows)}; lower task.num_eval or give the eval rows in task.eval_path")
+    held_out = set(random.Random(task.seed).sample(range(len(rows)), min(task.num_eval, len(rows))))
+    return [row for index, row in enumerate(rows) if (index in held_out) == (split == "eval")]
 
 
-def task_examples(task: TaskConfig, split: str, count: int) -> list[Example]:
-    """`count` examples of the configured task. split "train" and "eval" never share generated problems."""
-    if task.name not in synthetic.SYNTHETIC_TASKS:
-        raise ValueError(f"task.name={task.name!r} has no example source yet")
-    seed = task.seed + (synthetic.EVAL_SEED_OFFSET if split == "eval" else 0)
-    return [Example(p.question, p.answer, p.metadata) for p in synthetic.generate(task, count, seed)]
+def task_rows(task: TaskConfig, split: Split, count: int) -> list[Example | BadRow]:
+    """`count` examples of `split`, with a BadRow in place of each malformed one (the policy is not applied)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    seed = task.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+    if task.name in SYNTHETIC_TASKS:
+        return synthetic_examples(task, count, seed)
+    if task.name == "reasoning_gym":
+        return reasoning_gym_examples(task, count, seed)
+    if task.name in FILE_SOURCES:
+        return file_examples(task, _file_split(task, split)[:count])
+    raise ValueError(f"task.name={task.name!r} has no example source")
+
+
+def dataset_name(task: TaskConfig, split: Split) -> str:
+    """How messages name a task's split: "the train split of task 'gsm8k'"."""
+    return f"the {split} split of task {task.name!r}"

@@ -1,56 +1,93 @@
-"""The prompt pipeline: examples -> tokenized, left-padded prompt batches, through grain.
+"""One process's endless, checkpointable stream of prompt batches, through grain.
 
-A batch is a dict of numpy arrays for P prompts (each later sampled G times inside the step):
-  prompt_tokens [P, Tp] int32 left-padded, prompt_mask [P, Tp] int32, gold_bytes [P, Lg] uint8.
+From a `PromptSet` of N rows, for process i of K:
+  1. shard: rows i, i + K, i + 2K, ... of the first K * (N // K) rows. The last N % K rows (fewer than K) are
+     left out, so that every shard holds N // K rows: all processes pass epoch boundaries at the same batch
+     and each prompt is seen equally often.
+  2. shuffle with `seed`, then 3. repeat without end: a new permutation of the shard every epoch (shuffling
+     after repeating would mix epochs, so a prompt could come twice before another came once).
+  4. batch P = `batch_size` prompts. The stream is endless, so no batch is dropped or short: batches run
+     across epoch boundaries, and every process yields a batch at every step.
+A batch holds P whole prompts; the step samples each one G = grpo.num_generations times, so GRPO groups are
+complete by construction and never split across batches, steps or processes.
+
+Resuming: `batches.get_state()` is a small JSON-able dict and `batches.set_state(state)` continues with exactly
+the batches that would have come next. For orbax, put `checkpoint_save_args(batches)` /
+`checkpoint_restore_args(batches)` into `ocp.args.Composite` (one file per process). The state also records
+which stream it belongs to, and restoring it into a different one (other data, batch size, seed or process
+layout) raises instead of silently continuing elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import grain
+import grain.checkpoint
 import numpy as np
 
-from rlreason.data.examples import Example
-from rlreason.tokenizers import Tokenizer
-from rlreason.tokenizers.templates import render_prompt
-from rlreason.verifiers.golds import encode_golds
+from rlreason.data.encoding import ROW_KEYS, PromptSet
 
-MAX_GOLD_BYTES = 512
-
-
-class PromptTooLongError(ValueError):
-    """A prompt does not fit in sampling.max_prompt_length."""
+# What each entry of a stream's identity follows from, for the error raised on a mismatch.
+STREAM_SOURCES = {"rows": "the task's data (task.*)", "digest": "the encoded prompts (task.*, tokenizer.*, "
+                  "sampling.max_prompt_length)", "batch_size": "train.batch_size", "seed": "train.seed",
+                  "process_index": "the process's index", "process_count": "the number of processes"}
 
 
-def encode_prompt(example: Example, tokenizer: Tokenizer, template: str, max_prompt_length: int) -> dict:
-    """One example as left-padded arrays (see the module docstring for the keys)."""
-    ids = tokenizer.encode(render_prompt(example.question, template))
-    if len(ids) > max_prompt_length:
-        raise PromptTooLongError(
-            f"prompt of {len(ids)} tokens exceeds sampling.max_prompt_length={max_prompt_length}: "
-            f"{example.question[:80]!r}")
-    padding = max_prompt_length - len(ids)
-    return {
-        "prompt_tokens": np.asarray([tokenizer.pad_id] * padding + ids, np.int32),
-        "prompt_mask": np.asarray([0] * padding + [1] * len(ids), np.int32),
-        "gold_bytes": encode_golds([(example.answer, example.metadata)], MAX_GOLD_BYTES)[0],
-    }
+class PromptBatches(grain.DatasetIterator):
+    """An endless iterator of batches: prompt_tokens int32 [P, Tp], prompt_mask int32 [P, Tp],
+    gold_bytes uint8 [P, Lg]. Its state is {"stream": identity, "position": grain's state}."""
+
+    def __init__(self, batches: grain.DatasetIterator, stream: dict):
+        super().__init__(batches)
+        self._stream = stream
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict:
+        return {"stream": dict(self._stream), "position": self._parent.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        saved = state["stream"]
+        if saved != self._stream:
+            changes = [f"{key} {saved.get(key)!r} -> {value!r} ({STREAM_SOURCES[key]})"
+                       for key, value in self._stream.items() if saved.get(key) != value]
+            raise ValueError("the data-iterator state was saved for another prompt stream: " + "; ".join(changes)
+                             + ". Resume with the settings it was saved with, or do not restore the data state "
+                             "(the stream then starts from its first batch)")
+        self._parent.set_state(state["position"])
 
 
-def encode_batch(examples: list[Example], tokenizer: Tokenizer, template: str, max_prompt_length: int) -> dict:
-    """Several examples stacked into one batch (for evaluation)."""
-    rows = [encode_prompt(example, tokenizer, template, max_prompt_length) for example in examples]
-    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+def _digest(prompts: PromptSet) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for key in ROW_KEYS:
+        digest.update(np.ascontiguousarray(getattr(prompts, key)))
+    return digest.hexdigest()
 
 
-def prompt_batches(examples: list[Example], tokenizer: Tokenizer, template: str, max_prompt_length: int,
-                   batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
-    """An endless, checkpointable grain iterator of prompt batches for this process.
-
-    Each process reads every `process_count`-th example; the order is a new seeded permutation each epoch.
-    """
-    dataset = (grain.MapDataset.source(examples)[process_index::process_count]
+def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> PromptBatches:
+    """This process's endless stream of `batch_size`-prompt batches (see the module docstring)."""
+    shard_rows = len(prompts) // process_count
+    if shard_rows == 0:
+        raise ValueError(f"{len(prompts)} prompts cannot be shared among {process_count} processes: each needs one")
+    dataset = (grain.MapDataset.source(prompts)[process_index:shard_rows * process_count:process_count]
                .shuffle(seed=seed)
                .repeat(None)
-               .map(lambda example: encode_prompt(example, tokenizer, template, max_prompt_length))
-               .batch(batch_size, drop_remainder=True))
-    return iter(dataset.to_iter_dataset())
+               .batch(batch_size))
+    stream = {"rows": len(prompts), "digest": _digest(prompts), "batch_size": batch_size, "seed": seed,
+              "process_index": process_index, "process_count": process_count}
+    # The rows are arrays in memory already: reading threads would only contend for the GIL (grain's advice).
+    in_memory = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    return PromptBatches(iter(dataset.to_iter_dataset(in_memory)), stream)
+
+
+def checkpoint_save_args(batches: PromptBatches) -> grain.checkpoint.CheckpointSave:
+    """orbax args (an item of `ocp.args.Composite`) saving where `batches` is; each process writes its own."""
+    return grain.checkpoint.CheckpointSave(batches)
+
+
+def checkpoint_restore_args(batches: PromptBatches) -> grain.checkpoint.CheckpointRestore:
+    """orbax args moving `batches`, built as at saving time, to the saved position (in place)."""
+    return grain.checkpoint.CheckpointRestore(batches)

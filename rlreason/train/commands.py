@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from rlreason.config import Config
-from rlreason.data.examples import task_examples
+from rlreason.data.encoding import load_prompts
 from rlreason.models.store import load_model
 from rlreason.sampling.sampler import SamplingParams, generate
 from rlreason.tokenizers.templates import render_prompt
@@ -37,6 +37,7 @@ def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
 
 def run_eval(cfg: Config, model_dir: str) -> None:
     params, model_cfg, tokenizer = load_model(model_dir)
-    summary, _ = evaluate(params, model_cfg, tokenizer, task_examples(cfg.task, "eval", cfg.task.num_eval), cfg,
-                          seed=cfg.train.seed)
+    prompts = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
+                           cfg.sampling.max_prompt_length)
+    summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed)
     print(json.dumps(summary, indent=2))

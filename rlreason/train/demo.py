@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from rlreason.config import Config, save_config
-from rlreason.data.examples import task_examples
+from rlreason.data.encoding import load_prompts
 from rlreason.models.store import load_model
 from rlreason.train.evaluate import evaluate
 from rlreason.train.loop import train
@@ -27,7 +27,8 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> di
     save_config(cfg, out_dir / "config.yaml")
     base_dir = pretrain(cfg, out_dir / "base", show_progress)
     params, model_cfg, tokenizer = load_model(base_dir)
-    held_out = task_examples(cfg.task, "eval", cfg.task.num_eval)
+    held_out = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
+                            cfg.sampling.max_prompt_length)
 
     base, base_rows = evaluate(params, model_cfg, tokenizer, held_out, cfg, seed=cfg.train.seed)
     if show_progress:

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 
 from rlreason.config import Config, ModelConfig, RewardConfig
-from rlreason.data.examples import Example
-from rlreason.data.pipeline import encode_batch
+from rlreason.data.encoding import PromptSet
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers import Tokenizer
 from rlreason.verifiers.bridge import make_scorer
@@ -33,9 +32,9 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
     return any(ok for answer, ok in zip(answers, correct) if answer == majority)
 
 
-def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, examples: list[Example], cfg: Config,
+def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: PromptSet, cfg: Config,
              seed: int = 0) -> tuple[dict, list[dict]]:
-    """Samples `eval.num_samples` completions per example and scores them.
+    """Samples `eval.num_samples` completions per prompt of `prompts` and scores them.
 
     Returns (summary with pass@1, pass@k, maj@k, format, mean_length as fractions/tokens; one row per sample).
     """
@@ -53,11 +52,12 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, examples: lis
         return roll, scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
 
     rows, per_problem = [], []
-    for start in range(0, len(examples), cfg.eval.batch_size):
-        chunk = examples[start:start + cfg.eval.batch_size]
-        batch = encode_batch(chunk, tokenizer, cfg.tokenizer.template, cfg.sampling.max_prompt_length)
+    for start in range(0, len(prompts), cfg.eval.batch_size):
+        rows_here = slice(start, start + cfg.eval.batch_size)
+        batch = {"prompt_tokens": prompts.prompt_tokens[rows_here], "prompt_mask": prompts.prompt_mask[rows_here],
+                 "gold_bytes": prompts.gold_bytes[rows_here]}
         roll, rewards = jax.device_get(sample_and_score(params, batch, jax.random.key(seed + start)))
-        for index, example in enumerate(chunk):
+        for index, example in enumerate(prompts.examples[rows_here]):
             samples = range(index * k, (index + 1) * k)
             texts = [tokenizer.decode(roll.tokens[i][roll.completion_mask[i] > 0]) for i in samples]
             correct = [bool(rewards[i, 1] >= 1.0) for i in samples]

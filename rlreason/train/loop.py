@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rlreason.config import Config, save_config
-from rlreason.data.examples import task_examples
+from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
 from rlreason.models.store import load_model, save_model
 from rlreason.models.transformer import init_params
@@ -68,9 +68,9 @@ def build_trainer(cfg: Config, params=None, tokenizer: Tokenizer | None = None) 
     # inputs (uncommitted) and the second call would compile the step again.
     state = jax.device_put(init_train_state(params, optimizer, jax.random.key(cfg.train.seed),
                                             keep_reference=grpo.beta > 0), jax.devices()[0])
-    examples = task_examples(cfg.task, "train", cfg.task.num_train)
-    batches = prompt_batches(examples, tokenizer, cfg.tokenizer.template, cfg.sampling.max_prompt_length,
-                             cfg.train.batch_size, seed=cfg.train.seed)
+    prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
+                           cfg.sampling.max_prompt_length)
+    batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed)
     step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step)
     return Trainer(cfg, tokenizer, model_cfg, state, step_fn, batches)
 

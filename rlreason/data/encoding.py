@@ -1,0 +1,83 @@
+"""Examples -> the step's fixed-width arrays, all checked and encoded once, before anything compiles.
+
+A prompt row is three arrays: prompt_tokens int32 [Tp], the templated question's tokens left-padded with the
+tokenizer's pad id; prompt_mask int32 [Tp], 1 on real tokens; gold_bytes uint8 [Lg], the gold answer and its
+metadata as zero-padded JSON (`rlreason.verifiers.golds`). Tp = sampling.max_prompt_length and
+Lg = task.max_gold_bytes; a prompt or gold that does not fit makes its row malformed (`bad_rows`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rlreason.config import TaskConfig
+from rlreason.data.bad_rows import MalformedRow, check_rows, enforce_policy, partition
+from rlreason.data.examples import Split, dataset_name, task_rows
+from rlreason.data.sources import Example
+from rlreason.tokenizers import Tokenizer
+from rlreason.tokenizers.templates import render_prompt
+from rlreason.verifiers.golds import encode_golds
+
+ROW_KEYS = ("prompt_tokens", "prompt_mask", "gold_bytes")
+
+
+def encode_example(example: Example, tokenizer: Tokenizer, template: str, max_prompt_length: int,
+                   max_gold_bytes: int) -> dict[str, np.ndarray]:
+    """One example as a prompt row (see the module docstring); raises MalformedRow when it does not fit."""
+    ids = tokenizer.encode(render_prompt(example.question, template, tokenizer))
+    if len(ids) > max_prompt_length:
+        raise MalformedRow(f"prompt is {len(ids)} tokens with template {template!r}, more than "
+                           f"sampling.max_prompt_length={max_prompt_length} (raise it, or shorten the question)")
+    try:
+        gold = encode_golds([(example.answer, example.metadata)], max_gold_bytes)[0]
+    except ValueError:
+        raise MalformedRow(f"gold answer and metadata, as JSON, are longer than task.max_gold_bytes="
+                           f"{max_gold_bytes} (raise it)") from None
+    except TypeError:
+        raise MalformedRow("gold metadata is not JSON-serializable, and the verifiers get it as JSON") from None
+    padding = max_prompt_length - len(ids)
+    return {"prompt_tokens": np.asarray([tokenizer.pad_id] * padding + ids, np.int32),
+            "prompt_mask": np.asarray([0] * padding + [1] * len(ids), np.int32),
+            "gold_bytes": gold}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PromptSet:
+    """A split's usable examples and their prompt rows, row-aligned, plus how many malformed rows were skipped.
+
+    prompt_tokens int32 [N, Tp], prompt_mask int32 [N, Tp], gold_bytes uint8 [N, Lg]. It is also the grain
+    source of `pipeline.prompt_batches`: `len` is N and `prompts[i]` is row i as a dict of those three keys.
+    """
+
+    examples: tuple[Example, ...]
+    prompt_tokens: np.ndarray
+    prompt_mask: np.ndarray
+    gold_bytes: np.ndarray
+    skipped_rows: int
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {key: getattr(self, key)[index] for key in ROW_KEYS}
+
+
+def load_prompts(task: TaskConfig, split: Split, count: int, tokenizer: Tokenizer, template: str,
+                 max_prompt_length: int) -> PromptSet:
+    """Every example of `split` (see `examples.task_rows`) checked and encoded now, so that a malformed row
+    stops the run (or is counted as skipped, per task.on_bad_row) before anything compiles."""
+
+    def encode(example: Example) -> tuple[Example, dict[str, np.ndarray]]:
+        return example, encode_example(example, tokenizer, template, max_prompt_length, task.max_gold_bytes)
+
+    encoded, bad_rows = partition(check_rows(task_rows(task, split, count), encode))
+    enforce_policy(bad_rows, task.on_bad_row, dataset_name(task, split))
+    if not encoded:
+        raise ValueError(f"{dataset_name(task, split)} has no usable rows ({len(bad_rows)} malformed ones "
+                         f"skipped)")
+    examples, rows = zip(*encoded)
+    return PromptSet(examples, **{key: np.stack([row[key] for row in rows]) for key in ROW_KEYS},
+                     skipped_rows=len(bad_rows))
+
