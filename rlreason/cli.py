@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": "pass@1 / pass@k / maj@k / format rate of a model directory on the task's held-out problems",
     "sample": "generate completions from a model directory for prompts given with --prompt",
     "bench": "time the GRPO step (sampling, scoring, update) and print the figures",
+    "convert": "convert a Hugging Face directory or a GGUF file to an rlreason model directory, or back (--to hf)",
 }
 
 
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
+        if name == "convert":
+            command.add_argument("arguments", nargs="*", help="SOURCE OUT [--to rlreason|hf]; see rlreason convert -h")
+            continue
         command.add_argument("settings", nargs="*", metavar="[CONFIG] [key=value ...]",
                              help="a YAML config file, then dotted overrides such as grpo.beta=0.04")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:  # takes no config: its own arguments
+        from rlreason.models.convert import main as convert_main
+
+        return convert_main(argv[1:])
     args = _parser().parse_args(argv)
     config_path, overrides = _split_config_and_overrides(args.settings)
     if getattr(args, "split_step", False):

@@ -179,7 +179,8 @@ class GRPOConfig:
 
     num_generations: int = 8
     num_iterations: int = 1
-    num_minibatches: int = 1
+    num_minibatches: int = 1  # optimizer updates per pass over the generation batch
+    gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
     beta: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     epsilon: float = 0.2
@@ -197,6 +198,7 @@ class GRPOConfig:
                  f"must be >= 2 (group statistics need two samples), got {self.num_generations}")
         _require(self.num_iterations >= 1, f"{path}.num_iterations", "must be >= 1")
         _require(self.num_minibatches >= 1, f"{path}.num_minibatches", "must be >= 1")
+        _require(self.gradient_accumulation_steps >= 1, f"{path}.gradient_accumulation_steps", "must be >= 1")
         _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
         names = [reward.name for reward in self.rewards]
@@ -307,6 +309,10 @@ class Config:
         _require(rollouts % self.grpo.num_minibatches == 0, "grpo.num_minibatches",
                  f"must divide train.batch_size * grpo.num_generations = {rollouts}, "
                  f"got {self.grpo.num_minibatches}")
+        update_rows = rollouts // self.grpo.num_minibatches
+        _require(update_rows % self.grpo.gradient_accumulation_steps == 0, "grpo.gradient_accumulation_steps",
+                 f"must divide the {update_rows} rows of each update (train.batch_size * grpo.num_generations / "
+                 f"grpo.num_minibatches), got {self.grpo.gradient_accumulation_steps}")
 
 
 # ----------------------------------------------------------------------------------------------

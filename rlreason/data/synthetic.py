@@ -27,7 +27,11 @@ def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
 
 
 def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
-    """a + b with the column-wise steps, least significant digit first: `7+5=12 carry 1, 4+8+1=13`."""
+    """a + b with the column-wise steps, least significant digit first: `7+5=12 carry 1, 4+8+1=13`.
+
+    Operands are written zero-padded to `max_digits` ("What is 07+85?"), so that every digit sits at a fixed
+    distance from the end of the prompt: tiny models learn to read them in a few hundred steps.
+    """
     a, b = _number(rng, min_digits, max_digits), _number(rng, min_digits, max_digits)
     steps, carry = [], 0
     a_digits, b_digits = str(a)[::-1], str(b)[::-1]
@@ -38,7 +42,7 @@ def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         carry = total // 10
         steps.append(f"{terms}={total}" + (" carry 1" if carry else ""))
-    return Problem(f"What is {a}+{b}?", str(a + b), ", ".join(steps) + f", so {a + b}")
+    return Problem(f"What is {a:0{max_digits}d}+{b:0{max_digits}d}?", str(a + b), ", ".join(steps) + f", so {a + b}")
 
 
 def multiplication(rng: random.Random, min_digits: int, max_digits: int) -> Problem:

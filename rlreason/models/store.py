@@ -25,13 +25,15 @@ class ModelDirError(ValueError):
 
 
 def save_model(directory: str | Path, params: Params, model_cfg: ModelConfig, tokenizer: Tokenizer) -> None:
+    """Writes a model directory. In a multi-process run every process calls this (orbax writes each process's
+    shards); the small files are written by process 0 only."""
     directory = Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer_file = tokenizer.save_to(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "params", params, force=True)
-    (directory / "model.yaml").write_text(
-        yaml.safe_dump({"model": to_dict(model_cfg), "tokenizer": tokenizer_file}, sort_keys=False))
+    if jax.process_index() == 0:
+        tokenizer_file = tokenizer.save_to(directory)
+        (directory / "model.yaml").write_text(
+            yaml.safe_dump({"model": to_dict(model_cfg), "tokenizer": tokenizer_file}, sort_keys=False))
 
 
 def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:

@@ -41,9 +41,17 @@ class TrainState:
     rng: jax.Array  # key for the next step's sampling
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array, keep_reference: bool):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      ref_params=jax.tree.map(jnp.copy, params) if keep_reference else None, rng=rng)
+def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array, keep_reference: bool,
+                     shardings: TrainState | None = None) -> TrainState:
+    """A fresh state, built by one compiled function so that every array is created where `shardings` says
+    (a TrainState of NamedShardings; None: the default device)."""
+
+    def build(params, rng):
+        reference = jax.tree.map(lambda leaf: leaf + jnp.zeros_like(leaf), params) if keep_reference else None
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                          ref_params=reference, rng=rng)
+
+    return jax.jit(build, out_shardings=shardings)(params, rng)
 
 
 class Learned(NamedTuple):
@@ -78,16 +86,22 @@ class GRPOFunctions:
 def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
                         optimizer: optax.GradientTransformation, scorer: Scorer, stop_ids: tuple[int, ...],
                         pad_id: int, reward_names: tuple[str, ...], accuracy_reward: str,
-                        learning_rate_fn: Callable[[jax.Array], jax.Array]) -> GRPOFunctions:
-    """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them."""
+                        learning_rate_fn: Callable[[jax.Array], jax.Array],
+                        row_sharding: Callable[[Any], Any] = lambda rows: rows,
+                        state_sharding: Callable[[TrainState], TrainState] = lambda state: state) -> GRPOFunctions:
+    """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
+
+    `row_sharding` and `state_sharding` pin the layout of the rollout rows and of the new state (sharding
+    constraints from rlreason.parallel); the defaults leave placement to the compiler.
+    """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
     epsilon_high = grpo.epsilon_high or grpo.epsilon
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
 
     def rollout(params, batch, rng) -> Rollout:
-        return generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model_cfg, sampling,
-                               group_size, stop_ids, pad_id)
+        return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model_cfg,
+                                            sampling, group_size, stop_ids, pad_id))
 
     def score(roll: Rollout, gold_bytes) -> jax.Array:
         return scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, gold_bytes)
@@ -109,9 +123,24 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return loss, stats
 
     def update(state: TrainState, rows, generation_tokens):
-        """One optimizer update on U rows."""
+        """One optimizer update on U rows, its gradient summed over `gradient_accumulation_steps` micro-batches.
+
+        Every micro-batch divides by the denominator of all U rows, so the summed gradient is exactly the
+        gradient of the U-row loss.
+        """
         denominator = loss_denominator(rows["loss_mask"], grpo.loss_type, generation_tokens, grpo.num_minibatches)
-        grads, stats = jax.grad(policy_loss, has_aux=True)(state.params, rows, denominator)
+        micro_batches = jax.tree.map(lambda x: x.reshape(grpo.gradient_accumulation_steps, -1, *x.shape[1:]), rows)
+
+        def accumulate(grads_sum, micro_rows):
+            grads, stats = jax.grad(policy_loss, has_aux=True)(state.params, micro_rows, denominator)
+            return jax.tree.map(jnp.add, grads_sum, grads), stats
+
+        grads, micro_stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
+        stats = Learned(loss=jnp.sum(micro_stats.loss), grad_norm=jnp.zeros(()),
+                        entropy=jnp.mean(micro_stats.entropy), kl=jnp.mean(micro_stats.kl),
+                        ratio_mean=jnp.mean(micro_stats.ratio_mean), ratio_min=jnp.min(micro_stats.ratio_min),
+                        ratio_max=jnp.max(micro_stats.ratio_max), clip_low=jnp.mean(micro_stats.clip_low),
+                        clip_high=jnp.mean(micro_stats.clip_high))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         state = state.replace(params=params, opt_state=opt_state)
@@ -136,7 +165,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
         state, learned = jax.lax.scan(one_pass, state, None, length=grpo.num_iterations)
         learned = jax.tree.map(lambda x: x.reshape(-1), learned)
-        state = state.replace(step=state.step + 1)
+        state = state_sharding(state.replace(step=state.step + 1))
         metrics = step_metrics(roll, rewards_per_function, rewards, group_std, learned)
         metrics["learning_rate"] = learning_rate_fn(state.step * grpo.num_iterations * grpo.num_minibatches - 1)
         return state, metrics

@@ -17,7 +17,7 @@ from rlreason.train.evaluate import evaluate
 
 def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config, seed: int) -> list[str]:
     """One completion per question, rendered with the configured template and sampled with cfg.sampling."""
-    encoded = [tokenizer.encode(render_prompt(question, cfg.tokenizer.template)) for question in questions]
+    encoded = [tokenizer.encode(render_prompt(question, cfg.tokenizer.template, tokenizer)) for question in questions]
     width = max(len(ids) for ids in encoded)
     prompt_tokens = np.array([[tokenizer.pad_id] * (width - len(ids)) + ids for ids in encoded], np.int32)
     prompt_mask = np.array([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], np.int32)

@@ -12,7 +12,7 @@ from rlreason.config import Config, ModelConfig, RewardConfig
 from rlreason.data.encoding import PromptSet
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers import Tokenizer
-from rlreason.verifiers.bridge import make_scorer
+from rlreason.verifiers.bridge import detokenize, make_scorer
 from rlreason.verifiers.format import extract_answer
 
 
@@ -59,7 +59,7 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
         roll, rewards = jax.device_get(sample_and_score(params, batch, jax.random.key(seed + start)))
         for index, example in enumerate(prompts.examples[rows_here]):
             samples = range(index * k, (index + 1) * k)
-            texts = [tokenizer.decode(roll.tokens[i][roll.completion_mask[i] > 0]) for i in samples]
+            texts = [detokenize(tokenizer, roll.tokens[i], roll.completion_mask[i]) for i in samples]
             correct = [bool(rewards[i, 1] >= 1.0) for i in samples]
             formatted = [bool(rewards[i, 0] >= 1.0) for i in samples]
             answers = [extract_answer(text) for text in texts]
