@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -16,6 +17,14 @@ CURVES = (("reward", "reward"), ("accuracy", "accuracy (training samples)"),
           ("kl", "KL to the reference"))
 
 
+def smooth(values, window: int = 9) -> np.ndarray:
+    """Centred moving average of a 1-D series, same length (edges padded with the end values)."""
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    padded = np.pad(values, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
 def plot_curves(history: list[dict], out_dir: Path) -> list[str]:
     """One PNG per curve in CURVES; returns the file names written."""
     names = []
@@ -24,7 +33,9 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[str]:
         if not history or key not in history[0]:
             continue
         figure, axis = plt.subplots(figsize=(5, 3.2), dpi=100)
-        axis.plot(steps, [row[key] for row in history], linewidth=1.5)
+        values = [row[key] for row in history]
+        axis.plot(steps, values, linewidth=1, alpha=0.35)
+        axis.plot(steps, smooth(values), linewidth=1.8)
         axis.set_xlabel("GRPO step")
         axis.set_title(title)
         axis.grid(alpha=0.3)
