@@ -176,8 +176,12 @@ def attention_mask(query_slots: jax.Array, key_valid: jax.Array, window: jax.Arr
 
 
 def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-               cache_keys: jax.Array | None, cache_values: jax.Array | None, cache_index: jax.Array | int):
-    """Grouped-query attention. x: [B, T, E]; returns ([B, T, E], updated cache keys/values or None)."""
+               past_keys: jax.Array | None, past_values: jax.Array | None, cache_index: jax.Array | int):
+    """Grouped-query attention. x: [B, T, E]; past_keys / past_values: this layer's cache [B, S, K, D] or None.
+
+    Returns (output [B, T, E], the new tokens' keys and values [B, T, K, D]). With a cache, the queries attend
+    to the cache with the new keys placed at `cache_index`; the caller writes them into the cache.
+    """
     dtype = jnp.dtype(cfg.dtype)
     queries = jnp.einsum("bte,ehd->bthd", x, layer["q_proj"].astype(dtype))
     keys = jnp.einsum("bte,ekd->btkd", x, layer["k_proj"].astype(dtype))
@@ -191,11 +195,11 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
         keys = rms_norm(keys, layer["k_norm"], cfg)
     queries = rotary(queries, positions, cfg.rope_theta)
     keys = rotary(keys, positions, cfg.rope_theta)
-    if cache_keys is not None:
+    new_keys, new_values = keys, values
+    if past_keys is not None:
         start = (0, cache_index, 0, 0)
-        cache_keys = jax.lax.dynamic_update_slice(cache_keys, keys.astype(cache_keys.dtype), start)
-        cache_values = jax.lax.dynamic_update_slice(cache_values, values.astype(cache_values.dtype), start)
-        keys, values = cache_keys.astype(dtype), cache_values.astype(dtype)
+        keys = jax.lax.dynamic_update_slice(past_keys, keys.astype(past_keys.dtype), start).astype(dtype)
+        values = jax.lax.dynamic_update_slice(past_values, values.astype(past_values.dtype), start).astype(dtype)
 
     batch, length, heads, head_dim = queries.shape
     groups = heads // cfg.num_kv_heads
@@ -207,7 +211,7 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     attended = jnp.einsum("bkgts,bskd->btkgd", weights, values).reshape(batch, length, heads, head_dim)
     out = jnp.einsum("bthd,hde->bte", attended, layer["o_proj"].astype(dtype))
-    return out, cache_keys, cache_values
+    return out, new_keys, new_values
 
 
 def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -219,17 +223,19 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-           cache_keys, cache_values, cache_index):
-    """One pre-norm transformer block (with Gemma 2's extra post-norms when configured)."""
-    attended, cache_keys, cache_values = _attention(
-        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, cache_keys, cache_values, cache_index)
+           past_keys, past_values, cache_index):
+    """One pre-norm transformer block (with Gemma 2's extra post-norms when configured).
+
+    Returns (x [B, T, E], the new tokens' keys and values [B, T, K, D])."""
+    attended, new_keys, new_values = _attention(
+        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, past_keys, past_values, cache_index)
     if cfg.post_norms:
         attended = rms_norm(attended, layer["post_attn_norm"], cfg)
     x = x + attended
     mlp_out = _mlp(layer, rms_norm(x, layer["mlp_norm"], cfg), cfg)
     if cfg.post_norms:
         mlp_out = rms_norm(mlp_out, layer["post_mlp_norm"], cfg)
-    return x + mlp_out, cache_keys, cache_values
+    return x + mlp_out, new_keys, new_values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,40 +276,36 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
     windows = jnp.asarray(layer_windows(cfg))
     use_cache = cache is not None
 
-    def block(x, layer, window, cache_keys, cache_values):
+    def block(x, layer, window, past_keys, past_values):
         mask = attention_mask(query_slots, key_valid, window)
-        return _block(layer, x, positions, mask, cfg, cache_keys, cache_values, cache_index)
+        return _block(layer, x, positions, mask, cfg, past_keys, past_values, cache_index)
 
     if cfg.remat:
         block = jax.checkpoint(block)
 
+    # The cache is only read inside the layers; each layer hands back its new keys and values and one update
+    # writes all of them, so a decode step never copies the whole cache.
+    past = (cache.keys, cache.values) if use_cache else (None, None)
     if cfg.scan_layers:
-        def scan_body(carry, scanned):
-            x, keys, values = carry
-            layer, window, index = scanned
-            layer_keys = keys[index] if use_cache else None
-            layer_values = values[index] if use_cache else None
-            x, layer_keys, layer_values = block(x, layer, window, layer_keys, layer_values)
-            if use_cache:
-                # Writing the layer back into the carried cache keeps the update in place.
-                keys = jax.lax.dynamic_update_index_in_dim(keys, layer_keys, index, 0)
-                values = jax.lax.dynamic_update_index_in_dim(values, layer_values, index, 0)
-            return (x, keys, values), None
+        def scan_body(x, scanned):
+            layer, window, past_keys, past_values = scanned
+            x, new_keys, new_values = block(x, layer, window, past_keys, past_values)
+            return x, ((new_keys, new_values) if use_cache else None)
 
-        carry = (x, cache.keys if use_cache else None, cache.values if use_cache else None)
-        (x, keys, values), _ = jax.lax.scan(
-            scan_body, carry, (params["layers"], windows, jnp.arange(cfg.num_layers)))
+        x, new_entries = jax.lax.scan(scan_body, x, (params["layers"], windows, *past))
     else:
-        keys = cache.keys if use_cache else None
-        values = cache.values if use_cache else None
+        entries = []
         for index in range(cfg.num_layers):
             layer = jax.tree.map(lambda leaf: leaf[index], params["layers"])
-            x, layer_keys, layer_values = block(
-                x, layer, windows[index], keys[index] if use_cache else None, values[index] if use_cache else None)
-            if use_cache:
-                keys = keys.at[index].set(layer_keys)
-                values = values.at[index].set(layer_values)
-    return x, (KVCache(keys, values) if use_cache else None)
+            x, new_keys, new_values = block(x, layer, windows[index], *(p[index] if use_cache else None for p in past))
+            entries.append((new_keys, new_values))
+        new_entries = jax.tree.map(lambda *layers: jnp.stack(layers), *entries) if use_cache else None
+    if not use_cache:
+        return x, None
+    start = (0, 0, cache_index, 0, 0)
+    new_keys, new_values = new_entries  # [L, B, T, K, D]
+    return x, KVCache(jax.lax.dynamic_update_slice(cache.keys, new_keys.astype(cache.keys.dtype), start),
+                      jax.lax.dynamic_update_slice(cache.values, new_values.astype(cache.values.dtype), start))
 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array, cfg: ModelConfig,
