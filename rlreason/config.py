@@ -278,6 +278,39 @@ class TrainConfig:
     split_step: bool = False  # sample, score and update as separately compiled functions (debugging)
     model_dir: str = ""  # start from this model directory (rlreason pretrain / convert); empty: random init
     out_dir: str = "runs/default"
+    # Steps in a row whose loss or gradient norm is NaN/Inf (their updates are skipped) before the run stops.
+    max_nonfinite_steps: int = 10
+
+    def validate(self, path: str) -> None:
+        for key in ("steps", "batch_size", "max_nonfinite_steps"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When `rlreason train` saves its state, where, and which checkpoints it keeps (rlreason.train.checkpoint).
+
+    A run saves every `every_steps` steps, whenever `every_seconds` have passed since its last save, after its
+    last step, and when it is stopped (SIGTERM, non-finite steps). It keeps the newest `keep_last` checkpoints
+    plus the `keep_best` ones with the best `best_metric` (a key of metrics.jsonl, e.g. reward or accuracy).
+    """
+
+    dir: str = ""  # empty: <train.out_dir>/checkpoints
+    every_steps: int = 0  # 0: no step-based saves
+    every_seconds: float = 600.0  # 0: no time-based saves
+    keep_last: int = 2
+    keep_best: int = 0
+    best_metric: str = "reward"
+    best_mode: Literal["max", "min"] = "max"
+    # auto: resume from the newest checkpoint when there is one; required: fail when there is none.
+    resume: Literal["auto", "required"] = "auto"
+
+    def validate(self, path: str) -> None:
+        _require(self.every_steps >= 0, f"{path}.every_steps", f"must be >= 0, got {self.every_steps}")
+        _require(self.every_seconds >= 0, f"{path}.every_seconds", f"must be >= 0, got {self.every_seconds}")
+        _require(self.keep_last >= 1, f"{path}.keep_last",
+                 f"must be >= 1 (the newest checkpoint is what a run resumes from), got {self.keep_last}")
+        _require(self.keep_best >= 0, f"{path}.keep_best", f"must be >= 0, got {self.keep_best}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +329,7 @@ class Config:
     pretrain: PretrainConfig = PretrainConfig()
     grpo: GRPOConfig = GRPOConfig()
     train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()

@@ -66,6 +66,7 @@ class Learned(NamedTuple):
     ratio_max: jax.Array
     clip_low: jax.Array
     clip_high: jax.Array
+    nonfinite: jax.Array  # bool: the update's loss or gradient norm was NaN/Inf, so it was skipped
 
 
 class Samples(NamedTuple):
@@ -119,14 +120,15 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         stats = Learned(loss, jnp.zeros(()), masked_mean(entropy), masked_mean(terms.kl), masked_mean(terms.ratio),
                         jnp.min(jnp.where(mask > 0, terms.ratio, jnp.inf)),
                         jnp.max(jnp.where(mask > 0, terms.ratio, -jnp.inf)),
-                        masked_mean(terms.low_clipped), masked_mean(terms.high_clipped))
+                        masked_mean(terms.low_clipped), masked_mean(terms.high_clipped), jnp.zeros((), bool))
         return loss, stats
 
     def update(state: TrainState, rows, generation_tokens):
         """One optimizer update on U rows, its gradient summed over `gradient_accumulation_steps` micro-batches.
 
         Every micro-batch divides by the denominator of all U rows, so the summed gradient is exactly the
-        gradient of the U-row loss.
+        gradient of the U-row loss. An update whose loss or gradient norm is not finite leaves the params and
+        the optimizer state as they were: one NaN would otherwise poison both for the rest of the run.
         """
         denominator = loss_denominator(rows["loss_mask"], grpo.loss_type, generation_tokens, grpo.num_minibatches)
         micro_batches = jax.tree.map(lambda x: x.reshape(grpo.gradient_accumulation_steps, -1, *x.shape[1:]), rows)
@@ -136,15 +138,19 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
         grads, micro_stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
-        stats = Learned(loss=jnp.sum(micro_stats.loss), grad_norm=jnp.zeros(()),
+        loss, grad_norm = jnp.sum(micro_stats.loss), optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        stats = Learned(loss=loss, grad_norm=grad_norm,
                         entropy=jnp.mean(micro_stats.entropy), kl=jnp.mean(micro_stats.kl),
                         ratio_mean=jnp.mean(micro_stats.ratio_mean), ratio_min=jnp.min(micro_stats.ratio_min),
                         ratio_max=jnp.max(micro_stats.ratio_max), clip_low=jnp.mean(micro_stats.clip_low),
-                        clip_high=jnp.mean(micro_stats.clip_high))
+                        clip_high=jnp.mean(micro_stats.clip_high), nonfinite=~finite)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        state = state.replace(params=params, opt_state=opt_state)
-        return state, stats._replace(grad_norm=optax.global_norm(grads))
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        state = state.replace(params=keep_if_finite(params, state.params),
+                              opt_state=keep_if_finite(opt_state, state.opt_state))
+        return state, stats
 
     def learn(state: TrainState, roll: Rollout, rewards_per_function):
         rewards = combine_rewards(rewards_per_function, reward_weights)
@@ -195,6 +201,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             "clip_ratio_low": jnp.mean(learned.clip_low),
             "clip_ratio_high": jnp.mean(learned.clip_high),
             "clip_ratio_region": jnp.mean(learned.clip_low + learned.clip_high),
+            "nonfinite_updates": jnp.sum(learned.nonfinite),  # skipped updates (of num_iterations * num_minibatches)
         }
         metrics.update(reward_metrics(rewards_per_function, reward_names))
         if accuracy_reward:
