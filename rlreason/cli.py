@@ -13,7 +13,8 @@ from rlreason.config import ConfigError, load_config
 COMMANDS = {
     "demo": "pretrain a tiny base model, evaluate it, run GRPO, evaluate again, write a report (--out DIR)",
     "pretrain": "next-token training of a model from scratch on the task's worked solutions (--out DIR)",
-    "train": "GRPO training from train.model_dir; writes metrics.jsonl, samples.jsonl and model/ to train.out_dir",
+    "train": "GRPO training from train.model_dir; writes metrics.jsonl, samples.jsonl, checkpoints/ and model/ to "
+             "train.out_dir, resuming from its checkpoints if it has any",
     "eval": "pass@1 / pass@k / maj@k / format rate of a model directory on the task's held-out problems",
     "sample": "generate completions from a model directory for prompts given with --prompt",
     "bench": "time the GRPO step (sampling, scoring, update) and print the figures",
@@ -80,9 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
         pretrain(cfg, args.out, show_progress)
     elif args.command == "train":
-        from rlreason.train.loop import train
+        from rlreason.train.loop import RunStopped, train
 
-        train(cfg, show_progress)
+        try:
+            train(cfg, show_progress)
+        except RunStopped as stop:  # saved and stopped early (SIGTERM, non-finite steps): its own exit code
+            print(f"rlreason train: {stop}", file=sys.stderr)
+            return stop.exit_code
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 

@@ -1,16 +1,32 @@
-"""`rlreason train`: the GRPO step run over a prompt stream, with metrics, samples and a progress bar.
+"""`rlreason train`: the GRPO step run over a prompt stream, with metrics, samples, checkpoints and a progress bar.
 
 Writes into `train.out_dir`:
   metrics.jsonl   one JSON object per step (the step's metrics plus step_time_s and tokens_per_s)
   samples.jsonl   a few prompt / completion / reward rows every `train.sample_every` steps
   config.yaml     the resolved configuration
+  checkpoints/    the run's checkpoints (`checkpoint.*`, see rlreason.train.checkpoint)
   model/          the trained policy as a model directory (rlreason sample / eval read it)
+
+Resuming: when the checkpoint directory holds checkpoints, `train` continues from the newest one that restores:
+the state, the prompt stream's position, and metrics.jsonl and samples.jsonl cut back to its step (rows written
+after it are dropped, so no step appears twice). With the same config, a run killed and resumed computes
+exactly what an uninterrupted one does.
+
+Stopping early, always after saving a checkpoint, raises a `RunStopped` whose `exit_code` the CLI returns:
+  `Preempted` (75, EX_TEMPFAIL)  SIGTERM: the step in flight finishes, then the run saves and stops; rerun the
+                                 same command to resume.
+  `Diverged` (3)                 `train.max_nonfinite_steps` steps in a row had a NaN/Inf loss or gradient
+                                 norm. Their updates were skipped, so the checkpoint holds the last good params.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,6 +40,7 @@ from rlreason.config import Config, ConfigError, ModelConfig, save_config
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
 from rlreason.models.store import load_model, load_model_config, save_model
+from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
@@ -32,10 +49,30 @@ from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.rl.step import GRPOFunctions, TrainState, compile_grpo, init_train_state, make_grpo_functions
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.tokenizers import Tokenizer, load_tokenizer
+from rlreason.train.checkpoint import RunCheckpoints
 from rlreason.train.optim import make_optimizer
+from rlreason.train.preemption import SigtermListener, any_process
+from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_tokenizer
 from rlreason.verifiers.bridge import make_scorer
 
 SAMPLES_PER_LOG = 4
+TIMING_KEYS = ("step_time_s", "tokens_per_s")  # the metrics that differ between runs computing the same thing
+
+logger = logging.getLogger("rlreason.train")
+
+
+class RunStopped(RuntimeError):
+    """The run stopped before train.steps, after saving a checkpoint; `exit_code` tells a scheduler why."""
+
+    exit_code = 1
+
+
+class Preempted(RunStopped):
+    exit_code = 75  # EX_TEMPFAIL: a temporary failure; running the same command again resumes
+
+
+class Diverged(RunStopped):
+    exit_code = 3
 
 
 @dataclasses.dataclass
@@ -46,7 +83,7 @@ class Trainer:
     tokenizer: Tokenizer
     model_cfg: ModelConfig
     mesh: Mesh
-    state: TrainState
+    state: TrainState  # the initial state, or only its jax.ShapeDtypeStruct leaves (build_trainer(abstract_state))
     functions: GRPOFunctions  # the step's phases, uncompiled
     step_fn: Callable  # (state, global prompt batch) -> (state, metrics, Samples), compiled
     batches: Iterator  # this process's prompt rows, as numpy batches
@@ -54,22 +91,36 @@ class Trainer:
     prompt_batch: Callable  # this process's numpy rows -> the global prompt batch
 
 
-def load_policy(cfg: Config, mesh: Mesh, rules):
-    """(params placed by the sharding rules, ModelConfig, Tokenizer) from train.model_dir, or a random init."""
+def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
+    """(ModelConfig, Tokenizer, where they came from) of train.model_dir, or of model.* and tokenizer.path for a
+    random init; reads no weights."""
     if cfg.train.model_dir:
-        model_cfg, _ = load_model_config(cfg.train.model_dir)
-        return load_model(cfg.train.model_dir, shardings=param_shardings(model_cfg, mesh, rules))
+        model_cfg, tokenizer_file = load_model_config(cfg.train.model_dir)
+        return model_cfg, load_tokenizer(Path(cfg.train.model_dir) / tokenizer_file), cfg.train.model_dir
     if not cfg.tokenizer.path:
         raise ConfigError("config key 'train.model_dir' is empty and so is 'tokenizer.path': give a model directory "
                           "to start from (rlreason pretrain or rlreason convert makes one)")
-    params = init_params_sharded(cfg.model, jax.random.key(cfg.train.seed), param_shardings(cfg.model, mesh, rules))
-    return params, cfg.model, load_tokenizer(cfg.tokenizer.path)
+    return cfg.model, load_tokenizer(cfg.tokenizer.path), cfg.tokenizer.path
 
 
-def build_trainer(cfg: Config) -> Trainer:
+def initial_params(cfg: Config, model_cfg: ModelConfig, shardings):
+    """The params to start from, placed by `shardings`: train.model_dir's weights, or a random init."""
+    if cfg.train.model_dir:
+        return load_model(cfg.train.model_dir, shardings=shardings)[0]
+    return init_params_sharded(model_cfg, jax.random.key(cfg.train.seed), shardings)
+
+
+def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
+    """Builds the run, checking its inputs before weights are read or anything compiles.
+
+    `abstract_state`: `Trainer.state` holds only the state's shapes, dtypes and shardings on this run's mesh
+    (nothing is read or initialised), for `RunCheckpoints.restore` to fill in.
+    """
     initialize(cfg.distributed)
     mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
-    params, model_cfg, tokenizer = load_policy(cfg, mesh, rules)
+    check_batch_geometry(cfg, mesh, rules)
+    model_cfg, tokenizer, source = load_policy_config(cfg)
+    check_tokenizer(cfg, tokenizer, source)
     grpo = cfg.grpo
     updates = cfg.train.steps * grpo.num_iterations * grpo.num_minibatches
     optimizer, schedule = make_optimizer(grpo.optim, updates)
@@ -77,13 +128,20 @@ def build_trainer(cfg: Config) -> Trainer:
     state_layout = TrainState(step=replicated(mesh), params=parameter_layout,
                               opt_state=opt_state_shardings(optimizer, model_cfg, mesh, rules),
                               ref_params=parameter_layout if grpo.beta > 0 else None, rng=replicated(mesh))
-    state = init_train_state(params, optimizer, jax.random.key(cfg.train.seed), grpo.beta > 0, state_layout)
+    initial_state = functools.partial(init_train_state, optimizer=optimizer, keep_reference=grpo.beta > 0)
+    rng = jax.random.key(cfg.train.seed)
+    if abstract_state:
+        shapes = jax.eval_shape(lambda rng: initial_state(init_params(model_cfg, rng), rng=rng), rng)
+        state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                             shapes, state_layout)
+    else:
+        state = initial_state(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=state_layout)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
         lambda leaf: jax.lax.with_sharding_constraint(leaf, batch_sharding(mesh, leaf.ndim, rules)), tree)
     functions = make_grpo_functions(
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
         make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh),
-        stop_ids=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
+        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
         state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout))
@@ -100,6 +158,15 @@ def build_trainer(cfg: Config) -> Trainer:
                    lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules))
 
 
+def step_metric_names(trainer: Trainer, state: TrainState) -> list[str]:
+    """The names of the step's metrics, from tracing the step on the next batch: nothing runs or compiles, and
+    the prompt stream is put back where it was."""
+    position = trainer.batches.get_state()
+    batch = trainer.prompt_batch(next(trainer.batches))
+    trainer.batches.set_state(position)
+    return list(jax.eval_shape(trainer.functions.step, state, batch)[1])
+
+
 def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: int) -> list[dict]:
     """The first rows of a step's samples as JSON-able dicts with each reward function's score."""
     roll, rows = samples.rollout, []
@@ -112,13 +179,47 @@ def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: in
     return rows
 
 
-class RunLog:
-    """metrics.jsonl and samples.jsonl of a run, written by the main process only."""
+def rows_through(path: Path, step: int) -> list[dict]:
+    """The rows of a JSON-lines log whose "step" is at most `step`. A line that does not parse is dropped: rows
+    are only ever appended, so it can only be the last one, cut short by a kill."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= step:
+            rows.append(row)
+    return rows
 
-    def __init__(self, out_dir: Path, enabled: bool):
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replaces `path` by `rows` in one rename, so that a kill leaves the old file or the new one."""
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(scratch, path)
+
+
+class RunLog:
+    """metrics.jsonl and samples.jsonl of a run, written by the main process only.
+
+    Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool, resumed_step: int | None):
         self.enabled = enabled
-        self.metrics = open(out_dir / "metrics.jsonl", "w") if enabled else None
-        self.samples = open(out_dir / "samples.jsonl", "w") if enabled else None
+        paths = (out_dir / "metrics.jsonl", out_dir / "samples.jsonl")
+        kept = [rows_through(path, resumed_step) if resumed_step is not None else [] for path in paths]
+        self.history = kept[0]
+        self.metrics = self.samples = None  # open on the main process only; `write` skips them elsewhere
+        if enabled:
+            if resumed_step is not None:
+                for path, rows in zip(paths, kept):
+                    write_rows(path, rows)
+            mode = "w" if resumed_step is None else "a"
+            self.metrics, self.samples = (open(path, mode) for path in paths)
 
     def write(self, file, rows: list[dict]) -> None:
         if self.enabled:
@@ -131,35 +232,81 @@ class RunLog:
             self.samples.close()
 
 
+def checkpoint_due(cfg: Config, step: int, time_due: bool) -> bool:
+    """A save at `step` by schedule: every checkpoint.every_steps steps, after the last step, or when
+    checkpoint.every_seconds have passed (`time_due`, agreed by every process)."""
+    every = cfg.checkpoint.every_steps
+    return step == cfg.train.steps or (every > 0 and step % every == 0) or time_due
+
+
+def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, checkpoints: RunCheckpoints,
+             sigterm: SigtermListener, nonfinite_streak: int) -> int:
+    """After step `step`: counts its skipped (non-finite) updates, saves a checkpoint when one is due, and stops
+    the run, saved, on SIGTERM or after too many non-finite steps in a row. Returns the new non-finite streak."""
+    skipped = int(metrics["nonfinite_updates"])
+    nonfinite_streak = nonfinite_streak + 1 if skipped else 0
+    if skipped:
+        logger.warning("step %d: %d update(s) had a non-finite loss or gradient norm and were skipped (%d such "
+                       "step(s) in a row; the run stops at train.max_nonfinite_steps=%d)", step, skipped,
+                       nonfinite_streak, cfg.train.max_nonfinite_steps)
+    diverged = nonfinite_streak >= cfg.train.max_nonfinite_steps
+    preempted, time_due = any_process([sigterm.requested, checkpoints.time_due()])
+    if preempted or diverged or checkpoint_due(cfg, step, time_due):
+        checkpoints.save(step, state, batches, metrics)
+    if preempted:
+        raise Preempted(f"SIGTERM received by a process of the run: stopped after step {step} of {cfg.train.steps} "
+                        f"and saved checkpoint {checkpoints.path(step)}; run the same command again to resume")
+    if diverged:
+        raise Diverged(f"the last {nonfinite_streak} steps (to step {step}) had a NaN/Inf loss or gradient norm "
+                       f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); their updates were skipped, so "
+                       f"checkpoint {checkpoints.path(step)} holds the last good params. Lower "
+                       f"grpo.optim.learning_rate, or check the reward functions for NaN/Inf values")
+    return nonfinite_streak
+
+
 def train(cfg: Config, show_progress: bool = True):
-    """Runs `train.steps` GRPO steps; returns (final TrainState, Trainer, list of per-step metrics)."""
+    """Runs GRPO to `train.steps`, resuming from the run's newest checkpoint when there is one.
+
+    Returns (final TrainState, Trainer, every step's metrics, resumed ones included). Raises RunStopped when
+    SIGTERM or non-finite steps stop the run early. Call it on the main thread: it handles SIGTERM while it runs.
+    """
+    initialize(cfg.distributed)
     out_dir = Path(cfg.train.out_dir)
     main_process = is_main_process()
-    if main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    trainer = build_trainer(cfg)
-    state, history = trainer.state, []
-    reward_names = [reward.name for reward in cfg.grpo.rewards]
-    log = RunLog(out_dir, main_process)
-    bar = tqdm(range(cfg.train.steps), desc="grpo", disable=not (show_progress and main_process),
-               dynamic_ncols=True)
-    for index in bar:
-        batch = trainer.prompt_batch(next(trainer.batches))
-        start = time.perf_counter()
-        state, metrics, samples = trainer.step_fn(state, batch)
-        metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
-        elapsed = time.perf_counter() - start
-        metrics.update(step=index + 1, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
-        metrics["data/skipped_rows"] = trainer.skipped_rows
-        history.append(metrics)
-        log.write(log.metrics, [metrics])
-        if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or index == cfg.train.steps - 1):
-            # Every process takes part in the gather; only the main one writes.
-            log.write(log.samples, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, index + 1))
-        bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
-                        len=f"{metrics['completion_length']:.0f}", step_s=f"{elapsed:.2f}")
-    bar.close()
-    log.close()
+    with SigtermListener() as sigterm, RunCheckpoints(cfg) as checkpoints:
+        resuming = checkpoints.last_step is not None
+        trainer = build_trainer(cfg, abstract_state=resuming)
+        state, start = checkpoints.restore(trainer.state, trainer.batches) if resuming else (trainer.state, 0)
+        if cfg.checkpoint.keep_best:
+            check_best_metric(cfg, step_metric_names(trainer, state))
+        if main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out_dir / "config.yaml")
+            if resuming:
+                print(f"resuming from checkpoint {checkpoints.path(start)} (step {start} of {cfg.train.steps})")
+        reward_names = [reward.name for reward in cfg.grpo.rewards]
+        log = RunLog(out_dir, main_process, start if resuming else None)
+        history, nonfinite_streak = log.history, 0
+        bar = tqdm(range(start, cfg.train.steps), desc="grpo", initial=start, total=cfg.train.steps,
+                   disable=not (show_progress and main_process), dynamic_ncols=True)
+        with contextlib.closing(log), contextlib.closing(bar):
+            for index in bar:
+                step = index + 1
+                batch = trainer.prompt_batch(next(trainer.batches))
+                start_time = time.perf_counter()
+                state, metrics, samples = trainer.step_fn(state, batch)
+                metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - start_time
+                metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
+                metrics["data/skipped_rows"] = trainer.skipped_rows
+                history.append(metrics)
+                log.write(log.metrics, [metrics])
+                if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):
+                    # Every process takes part in the gather; only the main one writes.
+                    log.write(log.samples, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
+                bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
+                                len=f"{metrics['completion_length']:.0f}", step_s=f"{elapsed:.2f}")
+                nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, sigterm,
+                                            nonfinite_streak)
     save_model(out_dir / "model", state.params, trainer.model_cfg, trainer.tokenizer)
     return state, trainer, history
