@@ -104,7 +104,8 @@ def config_changes(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix[:-1]}: {saved!r} -> {current!r}"]
 
 
-def _metric_for_ranking(name: str, mode: str):
+def ranking_value(name: str, mode: str):
+    """metrics -> the value orbax ranks a checkpoint by: metric `name`, with NaN (or no value) ranking worst."""
     worst = -math.inf if mode == "max" else math.inf
 
     def value(metrics: dict) -> float:
@@ -119,7 +120,7 @@ def preservation_policy(cfg: CheckpointConfig):
     newest = checkpoint_managers.LatestN(n=cfg.keep_last)
     if not cfg.keep_best:
         return newest
-    best = checkpoint_managers.BestN(get_metric_fn=_metric_for_ranking(cfg.best_metric, cfg.best_mode),
+    best = checkpoint_managers.BestN(get_metric_fn=ranking_value(cfg.best_metric, cfg.best_mode),
                                      reverse=cfg.best_mode == "min", n=cfg.keep_best,
                                      keep_checkpoints_without_metrics=False)
     return checkpoint_managers.AnyPreservationPolicy([newest, best])
