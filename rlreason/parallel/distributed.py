@@ -8,12 +8,14 @@ fixes when its backend starts). Modes (see `DistributedConfig`):
   manual   the coordinator address, count and id from the config, else from JAX_COORDINATOR_ADDRESS,
            JAX_NUM_PROCESSES and JAX_PROCESS_ID (a scheduler that sets those per process).
 A peer that stops sending heartbeats for `heartbeat_timeout_s` is declared dead and every other process
-aborts, so a crashed host fails the run instead of hanging it.
+aborts, so a crashed host fails the run instead of hanging it. A process whose Python code raises exits at
+once (see `exit_now_on_uncaught_exception`) so that its peers see it die.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -69,6 +71,21 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] = os.environ) 
         jax.distributed.initialize(**timeouts)
     else:
         jax.distributed.initialize(*manual_coordinates(cfg, environ), **timeouts)
+    sys.excepthook = exit_now_on_uncaught_exception
+
+
+def exit_now_on_uncaught_exception(exc_type, exc, traceback) -> None:
+    """sys.excepthook of a multi-process run: print the traceback, then exit with status 1 right away.
+
+    A normal exit first waits at the distributed runtime's shutdown barrier, for up to 5 minutes, for peers that
+    are themselves blocked in a collective waiting for this process: the run would hang that long. Exiting at
+    once stops the heartbeats, so the peers abort after `heartbeat_timeout_s` (and a launcher sees the failure
+    now).
+    """
+    sys.__excepthook__(exc_type, exc, traceback)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def is_main_process() -> bool:

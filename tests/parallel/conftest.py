@@ -26,11 +26,12 @@ def python_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def run_python():
-    """run_python(args, timeout) runs `python *args` in the repo root and fails the test on a non-zero exit."""
-    def run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """run_python(args, timeout) runs `python *args` in the repo root and fails the test on a non-zero exit
+    (check=False: returns whatever the exit status, for tests of failures)."""
+    def run(args: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([sys.executable, *args], cwd=REPO, env=python_env(), capture_output=True,
                                 text=True, timeout=timeout)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             pytest.fail(f"`python {' '.join(args)}` exited with {result.returncode}\n--- stdout\n"
                         f"{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}")
         return result

@@ -1,6 +1,10 @@
-"""Where mode `manual` gets the coordinator, process count and id: the config first, then the environment."""
+"""Where mode `manual` gets the coordinator, process count and id: the config first, then the environment; and
+a process that raises in a multi-process run exits at once."""
 
 from __future__ import annotations
+
+import sys
+import time
 
 import pytest
 
@@ -40,3 +44,17 @@ def test_the_config_rejects_impossible_values_at_load_time():
         load_config(None, ["distributed.mode=auto"])
     with pytest.raises(ConfigError, match="distributed.local_device_count"):
         load_config(None, ["distributed.local_device_count=-2"])
+
+
+@pytest.mark.multiprocess
+def test_a_process_that_raises_ends_the_run_at_once(run_python):
+    """Without the exit hook the failed process waits up to 5 minutes at the runtime's shutdown barrier for a
+    peer that waits for it, and the launcher's 60 s timeout (exit 124) ends the run instead; with it, about 3 s."""
+    start = time.monotonic()
+    result = run_python(["launch/local.py", "--num-processes", "2", "--devices-per-process", "1", "--timeout", "60",
+                         "--heartbeat-timeout", "10", "--program",
+                         f"{sys.executable} tests/parallel/scripts/fail_on_one_process.py", "configs/demo_cpu.yaml"],
+                        timeout=90, check=False)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[p1] RuntimeError: process 1 failed on purpose" in result.stdout
+    assert time.monotonic() - start < 30
