@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pytest
 
+from rule_layouts import EXPECTED_SPECS, expected_specs
+
 MESHES = ["8x1x1", "1x8x1", "2x2x2", "1x2x4"]
 ATOL = 1e-5
 
@@ -51,33 +53,10 @@ def test_sharded_init_equals_unsharded_init(outputs, mesh):
         np.testing.assert_array_equal(outputs[f"{mesh}/value/{name}"], outputs[f"single/value/{name}"], err_msg=name)
 
 
-# What the rule table says, written out: embed -> fsdp; vocab, heads, kv_heads, mlp -> tensor; the rest replicated.
-EXPECTED_SPECS = {
-    "['embed']": ["tensor", "fsdp"],
-    "['lm_head']": ["fsdp", "tensor"],
-    "['final_norm']": [None],
-    "['layers']['attn_norm']": [None, None],
-    "['layers']['q_proj']": [None, "fsdp", "tensor", None],
-    "['layers']['k_proj']": [None, "fsdp", "tensor", None],
-    "['layers']['v_proj']": [None, "fsdp", "tensor", None],
-    "['layers']['o_proj']": [None, "tensor", None, "fsdp"],
-    "['layers']['q_bias']": [None, "tensor", None],
-    "['layers']['k_bias']": [None, "tensor", None],
-    "['layers']['v_bias']": [None, "tensor", None],
-    "['layers']['mlp_norm']": [None, None],
-    "['layers']['gate_proj']": [None, "fsdp", "tensor"],
-    "['layers']['up_proj']": [None, "fsdp", "tensor"],
-    "['layers']['down_proj']": [None, "tensor", "fsdp"],
-}
-# On tensor=4 the 2 KV heads cannot be split: K/V projections, biases and the cache replicate that dim.
-KV_REPLICATED = {"['layers']['k_proj']": [None, "fsdp", None, None], "['layers']['v_proj']": [None, "fsdp", None, None],
-                 "['layers']['k_bias']": [None, None, None], "['layers']['v_bias']": [None, None, None]}
-
-
 @pytest.mark.parametrize("mesh", MESHES)
 def test_param_specs_follow_the_rules(outputs, mesh):
-    expected = {**EXPECTED_SPECS, **(KV_REPLICATED if mesh == "1x2x4" else {})}
-    for name, spec in expected.items():
+    tensor = int(mesh.split("x")[2])
+    for name, spec in expected_specs(tensor, num_kv_heads=2).items():
         assert json.loads(str(outputs[f"{mesh}/spec/{name}"])) == spec, name
 
 
