@@ -1,21 +1,21 @@
 """One process's endless, checkpointable stream of prompt batches, through grain.
 
-From a `PromptSet` of N rows, for process i of K:
-  1. shard: rows i, i + K, i + 2K, ... of the first K * (N // K) rows. The last N % K rows (fewer than K) are
-     left out, so that every shard holds N // K rows: all processes pass epoch boundaries at the same batch
-     and each prompt is seen equally often.
-  2. shuffle with `seed`, then 3. repeat without end: a new permutation of the shard every epoch (shuffling
-     after repeating would mix epochs, so a prompt could come twice before another came once).
-  4. batch P = `batch_size` prompts. The stream is endless, so no batch is dropped or short: batches run
-     across epoch boundaries, and every process yields a batch at every step.
-A batch holds P whole prompts; the step samples each one G = grpo.num_generations times, so GRPO groups are
-complete by construction and never split across batches, steps or processes.
+From a `PromptSet` of N rows, every process builds the same global stream:
+  1. shuffle with `seed`, then 2. repeat without end: a new permutation every epoch (shuffling after
+     repeating would mix epochs, so a prompt could come twice before another came once).
+  3. batch P = `batch_size` prompts (the GLOBAL batch). The stream is endless, so no batch is dropped or short:
+     batches run across epoch boundaries.
+  4. keep `rows`, this process's rows of each global batch (`rlreason.parallel.host_data.process_rows`).
+Because every process walks the same global order and keeps only its block of rows, the global batch that the
+processes assemble together is the one a single process would draw: results do not depend on the number of
+hosts. A batch holds whole prompts; the step samples each one G = grpo.num_generations times, so GRPO groups
+are complete by construction.
 
 Resuming: `batches.get_state()` is a small JSON-able dict and `batches.set_state(state)` continues with exactly
 the batches that would have come next. For orbax, put `checkpoint_save_args(batches)` /
 `checkpoint_restore_args(batches)` into `ocp.args.Composite` (one file per process). The state also records
-which stream it belongs to, and restoring it into a different one (other data, batch size, seed or process
-layout) raises instead of silently continuing elsewhere.
+which stream it belongs to, and restoring it into a different one (other data, batch size, seed or row block)
+raises instead of silently continuing elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rlreason.data.encoding import ROW_KEYS, PromptSet
 # What each entry of a stream's identity follows from, for the error raised on a mismatch.
 STREAM_SOURCES = {"rows": "the task's data (task.*)", "digest": "the encoded prompts (task.*, tokenizer.*, "
                   "sampling.max_prompt_length)", "batch_size": "train.batch_size", "seed": "train.seed",
-                  "process_index": "the process's index", "process_count": "the number of processes"}
+                  "process_rows": "this process's rows of each batch (the mesh and the number of processes)"}
 
 
 class PromptBatches(grain.DatasetIterator):
@@ -66,21 +66,19 @@ def _digest(prompts: PromptSet) -> str:
     return digest.hexdigest()
 
 
-def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> PromptBatches:
-    """This process's endless stream of `batch_size`-prompt batches (see the module docstring)."""
-    shard_rows = len(prompts) // process_count
-    if shard_rows == 0:
-        raise ValueError(f"{len(prompts)} prompts cannot be shared among {process_count} processes: each needs one")
-    dataset = (grain.MapDataset.source(prompts)[process_index:shard_rows * process_count:process_count]
+def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, rows: slice | None = None) -> PromptBatches:
+    """This process's endless stream: `rows` of each `batch_size`-prompt global batch (all rows when None)."""
+    rows = slice(0, batch_size) if rows is None else rows
+    if not 0 <= rows.start < rows.stop <= batch_size:
+        raise ValueError(f"rows {rows.start}:{rows.stop} are not inside a batch of {batch_size} prompts")
+    dataset = (grain.MapDataset.source(prompts)
                .shuffle(seed=seed)
                .repeat(None)
-               .batch(batch_size))
+               .batch(batch_size)
+               .map(lambda batch: {key: values[rows] for key, values in batch.items()}))
     stream = {"rows": len(prompts), "digest": _digest(prompts), "batch_size": batch_size, "seed": seed,
-              "process_index": process_index, "process_count": process_count}
-    # The rows are arrays in memory already: reading threads would only contend for the GIL (grain's advice).
-    in_memory = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    return PromptBatches(iter(dataset.to_iter_dataset(in_memory)), stream)
+              "process_rows": [rows.start, rows.stop]}
+    return PromptBatches(iter(dataset.to_iter_dataset()), stream)
 
 
 def checkpoint_save_args(batches: PromptBatches) -> grain.checkpoint.CheckpointSave:

@@ -145,14 +145,10 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
         state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout))
-    rows_here = process_rows(mesh, cfg.train.batch_size, rules)
-    # Where the batch is split across processes, each loads its own share of the prompts; otherwise all load all.
-    shards = (jax.process_index(), jax.process_count()) if rows_here.stop - rows_here.start < cfg.train.batch_size \
-        else (0, 1)
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
-    batches = prompt_batches(prompts, rows_here.stop - rows_here.start, seed=cfg.train.seed,
-                             process_index=shards[0], process_count=shards[1])
+    batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
+                             rows=process_rows(mesh, cfg.train.batch_size, rules))
     step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step)
     return Trainer(cfg, tokenizer, model_cfg, mesh, state, functions, step_fn, batches, prompts.skipped_rows,
                    lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules))

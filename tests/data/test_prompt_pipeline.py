@@ -46,19 +46,14 @@ def test_a_batch_holds_left_padded_prompts_and_their_golds(tmp_path, tokenizer):
         assert tokenizer.decode(tokens[mask > 0].tolist()) == f"What is {gold}+3?"
 
 
-def test_two_processes_get_disjoint_shards_that_cover_the_data(tmp_path, tokenizer):
+def test_processes_keep_their_rows_of_the_same_global_batches(tmp_path, tokenizer):
     prompts = _prompts(tmp_path, tokenizer, 24)
-    shards = [_take(prompt_batches(prompts, 4, seed=1, process_index=index, process_count=2), 3) for index in (0, 1)]
-    assert sorted(shards[0]) == list(range(0, 24, 2)) and sorted(shards[1]) == list(range(1, 24, 2))
-
-
-def test_a_remainder_is_left_out_so_that_shards_are_equal(tmp_path, tokenizer):
-    prompts = _prompts(tmp_path, tokenizer, 26)  # 26 rows over 3 processes: 8 each, rows 24 and 25 unused
-    shards = [_take(prompt_batches(prompts, 4, seed=1, process_index=index, process_count=3), 4) for index in range(3)]
-    for index, shard in enumerate(shards):
-        assert sorted(shard[:8]) == sorted(shard[8:]) == list(range(index, 24, 3))
-    with pytest.raises(ValueError, match="26 prompts cannot be shared among 27 processes"):
-        prompt_batches(prompts, 4, seed=1, process_index=0, process_count=27)
+    whole = _take(prompt_batches(prompts, 4, seed=1), 6)
+    halves = [_take(prompt_batches(prompts, 4, seed=1, rows=rows), 6) for rows in (slice(0, 2), slice(2, 4))]
+    # Batch k of the single process is rows 0-1 of process 0's batch k, then rows 0-1 of process 1's.
+    assert whole == [gold for batch in range(6) for half in halves for gold in half[2 * batch:2 * batch + 2]]
+    with pytest.raises(ValueError, match="rows 2:6 are not inside a batch of 4 prompts"):
+        prompt_batches(prompts, 4, seed=1, rows=slice(2, 6))
 
 
 def test_each_epoch_is_a_new_permutation_and_batches_run_across_epochs(tmp_path, tokenizer):

@@ -9,10 +9,8 @@ Two layouts of the run in tests/parallel/grpo_run_settings.py, 3 steps each:
                           group 1 (rows 4-7) is scored on both processes (rows 4, 5 on device 1 of process 0;
                           rows 6, 7 on device 2 of process 1) and its rewards meet again for its group statistics.
 
-Where the batch is split across processes, each process draws its prompts from its own shard of the prompt set
-(rlreason.data.pipeline), so a 2-process run samples other prompts than a 1-process one. The FSDP layout therefore
-trains on one question repeated: whichever copies a process draws, the batch is the same, and the comparison
-isolates the computation.
+Every process walks the same global prompt stream and keeps its own rows of each batch (rlreason.data.pipeline),
+so both runs train on the same, varied prompts.
 
 Tolerances (grpo_run_settings.py): metrics rtol 5e-5 + atol 2e-6, params atol 5e-5. Measured: FSDP layout,
 params identical and metrics within 3e-8; group layout (its tensor all-reduces cross the process boundary,
@@ -43,22 +41,13 @@ LAYOUTS = {
     "fsdp_across_processes": ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", "train.batch_size=8"],
     "group_across_processes": ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=4", "train.batch_size=3"],
 }
-ONE_QUESTION = {"question": "What is 3+4?", "answer": "7"}
-
-
-def layout_settings(layout: str, directory: Path) -> list[str]:
-    if layout != "fsdp_across_processes":
-        return LAYOUTS[layout]
-    questions = directory / "one_question.jsonl"
-    questions.write_text((json.dumps(ONE_QUESTION) + "\n") * 16)
-    return [*LAYOUTS[layout], "task.name=jsonl", f"task.path={questions}", f"task.eval_path={questions}"]
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
 def runs(request, tmp_path_factory, run_python, tiny_base_model) -> tuple[Path, Path]:
     """(output folder of the 2-process run, of the 1-process run) of one layout."""
     directory = tmp_path_factory.mktemp(request.param)
-    settings = [CONFIG, *grpo_settings(tiny_base_model), *layout_settings(request.param, directory),
+    settings = [CONFIG, *grpo_settings(tiny_base_model), *LAYOUTS[request.param],
                 f"train.steps={STEPS}", "train.sample_every=1"]
     two, one = directory / "two_processes", directory / "one_process"
     run_python(["launch/local.py", "--num-processes", "2", "--devices-per-process", "2", "--timeout", "400",
