@@ -22,7 +22,7 @@ import pytest
 import sentencepiece as spm
 import yaml
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 from rlreason.config import ConfigError, load_config
 from rlreason.data.bad_rows import BadRowsError
 from rlreason.models.store import ModelDirError

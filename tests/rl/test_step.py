@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 from rlreason.train.loop import build_trainer
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY_OVERRIDES, tiny_config
+from tiny_run import TINY_OVERRIDES, tiny_config
 from rlreason.rl.step import TrainState
 from rlreason.train.checkpoint import RunCheckpoints, leaf_name
 from rlreason.train.loop import build_trainer, checkpoint_due

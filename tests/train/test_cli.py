@@ -29,7 +29,7 @@ def test_bad_config_is_refused_with_the_key_named(capsys):
 
 
 def test_sample_and_eval_from_a_model_directory(tiny_base_model):
-    from conftest import TINY_OVERRIDES
+    from tiny_run import TINY_OVERRIDES
 
     sample = run_cli("sample", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "sampling.temperature=0",
                      "--model", str(tiny_base_model), "--prompt", "What is 3+4?", "--prompt", "What is 9+9?")
@@ -42,7 +42,7 @@ def test_sample_and_eval_from_a_model_directory(tiny_base_model):
 
 
 def test_bench_prints_phase_times_and_memory(tiny_base_model):
-    from conftest import TINY_OVERRIDES
+    from tiny_run import TINY_OVERRIDES
 
     result = run_cli("bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, f"train.model_dir={tiny_base_model}")
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 from rlreason.config import load_config
 from rlreason.train.demo import run_demo
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 from rlreason.models.store import load_model
 from rlreason.train.checkpoint import RunCheckpoints
 from rlreason.train.loop import Diverged, build_trainer, train

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from conftest import TINY_OVERRIDES
+from tiny_run import TINY_OVERRIDES
 from rlreason.models.store import load_model
 from rlreason.train.loop import TIMING_KEYS
 
