@@ -18,6 +18,9 @@ class Tokenizer(abc.ABC):
     pad_id: int
     eos_id: int
     bos_id: int | None
+    # The tokens that end a completion: EOS, then the chat template's end-of-turn token where that differs
+    # (see `chat.stop_ids`). Samplers stop on any of them and `decode` drops them.
+    stop_ids: tuple[int, ...]
     chat_template: str | None = None  # a Jinja chat template, for backends whose model ships one
 
     @property
@@ -30,11 +33,16 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, ids: list[int]) -> str:
-        """Text of `ids`; special control tokens (pad, BOS, EOS) are dropped."""
+        """Text of `ids`; the control tokens that frame a completion (pad, BOS, the stop tokens) are dropped."""
 
     @abc.abstractmethod
     def token_to_id(self, token: str) -> int | None:
         """The id of a token that is one whole piece of the vocabulary, else None."""
+
+    @abc.abstractmethod
+    def is_special(self, token_id: int) -> bool:
+        """True for a control token (BOS, EOS, a chat template's turn markers): one that marks structure and
+        never stands for text."""
 
     @abc.abstractmethod
     def save_to(self, directory) -> str:

@@ -90,6 +90,34 @@ def render_chat(template: str, messages: list[dict[str, str]], add_generation_pr
                                      **(special_tokens or {}))
 
 
+# The reply `turn_end_id` renders: text that no template rewrites, so that it can be found again.
+_PROBE_REPLY = "rlreason probe reply"
+
+
+def turn_end_id(tokenizer: Tokenizer) -> int | None:
+    """The control token a chat template writes right after an assistant's reply (`<|im_end|>`,
+    `<end_of_turn>`, `<|eot_id|>`): a chat model ends its turn with it, and it need not be the EOS token (Qwen
+    base models: EOS `<|endoftext|>`, turns end with `<|im_end|>`). None without a template, when the template
+    closes a reply with plain text, or when it refuses a one-exchange conversation."""
+    if not tokenizer.chat_template:
+        return None
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _PROBE_REPLY}]
+    try:
+        text = render_chat(tokenizer.chat_template, messages, add_generation_prompt=False,
+                           special_tokens=tokenizer.special_token_strings())
+    except (TokenizerError, jinja2.TemplateError):
+        return None
+    _, probe, after_reply = text.rpartition(_PROBE_REPLY)
+    ids = tokenizer.encode(after_reply.lstrip()) if probe else []
+    return ids[0] if ids and tokenizer.is_special(ids[0]) else None
+
+
+def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The tokens that end a completion: EOS, then the chat template's end-of-turn token where that differs."""
+    turn_end = turn_end_id(tokenizer)
+    return (tokenizer.eos_id,) if turn_end in (None, tokenizer.eos_id) else (tokenizer.eos_id, turn_end)
+
+
 def chat_prompt(question: str, tokenizer: Tokenizer) -> str:
     """The prompt for a one-turn conversation asking `question`, ready for the assistant's reply."""
     if not tokenizer.chat_template:

@@ -12,7 +12,7 @@ from pathlib import Path
 import tokenizers
 
 from rlreason.tokenizers.base import Tokenizer, TokenizerError
-from rlreason.tokenizers.chat import (TOKENIZER_CONFIG_FILE, read_chat_template, read_tokenizer_config,
+from rlreason.tokenizers.chat import (TOKENIZER_CONFIG_FILE, read_chat_template, read_tokenizer_config, stop_ids,
                                       write_tokenizer_config)
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,6 +44,9 @@ class HFTokenizer(Tokenizer):
         self.bos_id = ids.get("bos_token")
         # EOS as padding is safe: nothing is attended after a row's stop token.
         self.pad_id = ids.get("pad_token", self.eos_id)
+        self._special_ids = {token_id for token_id, token in backend.get_added_tokens_decoder().items()
+                             if token.special}
+        self.stop_ids = stop_ids(self)
 
     @classmethod
     def load(cls, path: str | Path) -> "HFTokenizer":
@@ -77,11 +80,14 @@ class HFTokenizer(Tokenizer):
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
-        controls = {self.pad_id, self.eos_id, self.bos_id}
+        controls = {self.pad_id, self.bos_id, *self.stop_ids}
         return self.backend.decode([int(i) for i in ids if int(i) not in controls], skip_special_tokens=False)
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
 
     def special_token_strings(self) -> dict[str, str]:
         return dict(self._special_tokens)

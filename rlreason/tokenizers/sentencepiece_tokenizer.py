@@ -9,7 +9,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from rlreason.tokenizers.base import REASONING_TAGS, Tokenizer, TokenizerError
-from rlreason.tokenizers.chat import read_chat_template, write_tokenizer_config
+from rlreason.tokenizers.chat import read_chat_template, stop_ids, write_tokenizer_config
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -28,6 +28,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos_id = bos if bos >= 0 else None
         if self.pad_id < 0:  # models trained elsewhere often have no pad piece; EOS is never attended after
             self.pad_id = self.eos_id
+        self.stop_ids = stop_ids(self)
 
     @classmethod
     def load(cls, path: str | Path) -> "SentencePieceTokenizer":
@@ -52,7 +53,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         # Models often have more embedding rows than the tokenizer has pieces; such ids decode to nothing.
-        controls = {self.pad_id, self.eos_id, self.bos_id}
+        controls = {self.pad_id, self.bos_id, *self.stop_ids}
         size = self.vocab_size
         return self._processor.decode([int(i) for i in ids if int(i) not in controls and 0 <= int(i) < size])
 
@@ -61,6 +62,9 @@ class SentencePieceTokenizer(Tokenizer):
         if token_id == self._processor.unk_id() and token != self._processor.id_to_piece(token_id):
             return None
         return token_id
+
+    def is_special(self, token_id: int) -> bool:
+        return 0 <= token_id < self.vocab_size and self._processor.is_control(token_id)
 
 
 def train_sentencepiece(lines: Iterable[str], vocab_size: int, byte_fallback: bool = False) -> SentencePieceTokenizer:

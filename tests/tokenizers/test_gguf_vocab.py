@@ -108,10 +108,12 @@ def test_gguf_vocabulary_encodes_and_decodes_like_transformers(vocab_gguf):
     for text in TEXTS:
         ids = tokenizer.encode(text)
         assert ids == reference.encode(text, add_special_tokens=False), text
-        # The interface drops pad, BOS and EOS when decoding; transformers keeps them.
-        content_ids = [i for i in ids if i not in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)]
+        # The interface drops pad, BOS and the stop tokens when decoding; transformers keeps them.
+        content_ids = [i for i in ids if i not in (tokenizer.bos_id, tokenizer.pad_id, *tokenizer.stop_ids)]
         assert tokenizer.decode(ids) == reference.decode(content_ids), text
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (1, 2, 0)
+    # EOS and the chat template's turn end, which is EOS itself in the byte-level vocabulary only.
+    assert set(tokenizer.stop_ids) == {2, tokenizer.token_to_id("<|im_end|>")}
     assert tokenizer.token_to_id("<think>") == reference.convert_tokens_to_ids("<think>")
 
 

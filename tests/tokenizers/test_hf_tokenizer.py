@@ -79,6 +79,35 @@ def test_chat_prompt_matches_transformers_render(tokenizer_dir, reference):
         conversations[0], tokenize=False, add_generation_prompt=True)
 
 
+# Templates that close an assistant reply with a control token, with plain text, or refuse to render.
+TURN_END_TEMPLATES = {
+    "im_end": (CHAT_TEMPLATE, 2),
+    "plain_text": ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}", None),
+    "refuses": ("{{ raise_exception('no assistant turns') }}", None),
+}
+
+
+@pytest.mark.parametrize("name", TURN_END_TEMPLATES)
+def test_stop_ids_add_the_templates_turn_end_token(tokenizer_dir, tmp_path, name):
+    """With EOS `<|endoftext|>` (as Qwen base models have), a template that ends replies with `<|im_end|>` makes
+    that a stop token too, and decode drops it like EOS."""
+    template, turn_end = TURN_END_TEMPLATES[name]
+    (tmp_path / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>",
+                                                                "chat_template": template}))
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tokenizer.stop_ids == ((0,) if turn_end is None else (0, turn_end))
+    ids = tokenizer.encode("Paris<|im_end|><|endoftext|>")
+    assert tokenizer.decode(ids) == ("Paris<|im_end|>" if turn_end is None else "Paris")
+
+
+def test_turn_end_equal_to_eos_is_one_stop_token(tokenizer_dir):
+    tokenizer = load_tokenizer(tokenizer_dir / "tokenizer.json")
+    assert tokenizer.stop_ids == (tokenizer.eos_id,) == (2,)
+    assert [tokenizer.is_special(token_id) for token_id in (0, 1, 2, tokenizer.encode("Paris")[0])] == \
+        [True, True, True, False]
+
+
 def test_template_errors_are_tokenizer_errors(tokenizer_dir):
     tokenizer = load_tokenizer(tokenizer_dir / "tokenizer.json")
     with pytest.raises(TokenizerError, match="unknown role tool"):

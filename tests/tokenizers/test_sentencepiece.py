@@ -39,6 +39,9 @@ def test_digits_are_split(tokenizer):
 
 def test_special_ids_and_decode_drops_controls(tokenizer):
     assert (tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id) == (0, 3, 2)
+    assert tokenizer.stop_ids == (3,)
+    assert [tokenizer.is_special(token_id) for token_id in (0, 2, 3, tokenizer.encode("7")[0])] == \
+        [True, True, True, False]
     ids = tokenizer.encode("<answer>7</answer>")
     assert tokenizer.decode(ids + [tokenizer.eos_id, tokenizer.pad_id]) == "<answer>7</answer>"
     # ids past the tokenizer's vocabulary (a model's padded embedding rows) decode to nothing
