@@ -10,7 +10,7 @@ import numpy as np
 from rlreason.config import Config
 from rlreason.data.encoding import load_prompts
 from rlreason.models.store import load_model
-from rlreason.sampling.sampler import SamplingParams, generate
+from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers.templates import render_prompt
 from rlreason.train.evaluate import evaluate
 
@@ -21,10 +21,10 @@ def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config
     width = max(len(ids) for ids in encoded)
     prompt_tokens = np.array([[tokenizer.pad_id] * (width - len(ids)) + ids for ids in encoded], np.int32)
     prompt_mask = np.array([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], np.int32)
-    stop_tokens = np.full((len(questions), 1), tokenizer.eos_id, np.int32)
     sampling = SamplingParams.from_config(cfg.sampling)
-    roll = jax.jit(generate, static_argnums=(5, 6, 7))(params, prompt_tokens, prompt_mask, stop_tokens,
-                                                        jax.random.key(seed), model_cfg, sampling, tokenizer.pad_id)
+    roll = jax.jit(generate_groups, static_argnames=("cfg", "sampling", "group_size", "stop_ids", "pad_id"))(
+        params, prompt_tokens, prompt_mask, jax.random.key(seed), cfg=model_cfg, sampling=sampling, group_size=1,
+        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
     roll = jax.device_get(roll)
     return [tokenizer.decode(tokens[mask > 0]) for tokens, mask in zip(roll.tokens, roll.completion_mask)]
 
