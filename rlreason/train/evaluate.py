@@ -47,7 +47,7 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
     @jax.jit
     def sample_and_score(params, batch, rng):
         roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model_cfg, sampling, k,
-                               (tokenizer.eos_id,), tokenizer.pad_id)
+                               tokenizer.stop_ids, tokenizer.pad_id)
         golds = jax.numpy.repeat(batch["gold_bytes"], k, axis=0)
         return roll, scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
 
