@@ -216,10 +216,13 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
 
 def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
     dtype = jnp.dtype(cfg.dtype)
-    gate = jnp.einsum("bte,em->btm", x, layer["gate_proj"].astype(dtype))
-    up = jnp.einsum("bte,em->btm", x, layer["up_proj"].astype(dtype))
+    # Plain 2-D matmuls over the B*T rows: the weight gradients then contract one axis, which XLA's CPU backend
+    # runs about 30% faster than the two-axis ("bt") contraction of the einsum form.
+    rows = x.reshape(-1, x.shape[-1])
+    gate = rows @ layer["gate_proj"].astype(dtype)
+    up = rows @ layer["up_proj"].astype(dtype)
     activation = jax.nn.silu if cfg.hidden_act == "silu" else (lambda v: jax.nn.gelu(v, approximate=True))
-    return jnp.einsum("btm,me->bte", activation(gate) * up, layer["down_proj"].astype(dtype))
+    return ((activation(gate) * up) @ layer["down_proj"].astype(dtype)).reshape(x.shape)
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,

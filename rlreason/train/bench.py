@@ -100,6 +100,8 @@ def run_bench(cfg: Config) -> dict:
     print(f"  completion tokens/s {result['completion_tokens_per_s']:.0f}")
     print(f"  per-device params {state_bytes['params']:,} B + optimizer {state_bytes['opt_state']:,} B "
           f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)")
-    print(f"  1-min load average {result['loadavg_1m']:.2f} (well above the core count: other work competed)")
+    busy = result["loadavg_1m"] > (os.cpu_count() or 1)
+    print(f"  1-min load average {result['loadavg_1m']:.2f}"
+          + (" (above the core count: other work competed, figures are pessimistic)" if busy else ""))
     print(json.dumps(result))
     return result
