@@ -45,5 +45,8 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> di
               f"({', '.join(reward.name for reward in cfg.grpo.rewards)})")
     summary = write_report(out_dir, base, trained, history, samples, header)
     if show_progress:
+        print("samples after GRPO (held-out):")
+        for row in samples["after GRPO"][:3]:
+            print(f"  {row['question']} ->{row['completion']}  ({'right' if row['correct'] else 'wrong'})")
         print(f"report: {out_dir / 'report.md'}")
     return summary
