@@ -77,14 +77,14 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    """Where the tokenizer comes from.
+    """Where the tokenizer comes from and how prompts are rendered.
 
-    kind `sentencepiece`: `path` is a .model file; if it does not exist and `train_on_task` is set, the
-    project trains one on that task's corpus and writes it there. kind `hf`: `path` is a tokenizer.json
-    (or a folder holding one). kind `gguf`: the vocabulary embedded in the GGUF file at `path`.
+    `path` names a tokenizer file, its kind told by the suffix: a sentencepiece `.model`, an HF `tokenizer.json`,
+    or a `.gguf` file's embedded vocabulary. Left empty, `rlreason pretrain` trains a sentencepiece model on the
+    task's corpus (vocab_size, train_corpus_size, byte_fallback) and stores it in the model directory; runs that
+    start from a model directory use the tokenizer stored there.
     """
 
-    kind: Literal["sentencepiece", "hf", "gguf"] = "sentencepiece"
     path: str = ""
     vocab_size: int = 256  # for training a sentencepiece model
     train_corpus_size: int = 4000
@@ -272,9 +272,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 8  # prompts per step; each is sampled num_generations times
     seed: int = 0
-    log_every: int = 1
     sample_every: int = 10
-    eval_every: int = 0  # 0: evaluate only before and after
     split_step: bool = False  # sample, score and update as separately compiled functions (debugging)
     model_dir: str = ""  # start from this model directory (rlreason pretrain / convert); empty: random init
     out_dir: str = "runs/default"
@@ -335,7 +333,7 @@ class Config:
     distributed: DistributedConfig = DistributedConfig()
 
     def validate(self, path: str) -> None:
-        _require(self.tokenizer.kind != "sentencepiece" or self.tokenizer.vocab_size <= self.model.vocab_size,
+        _require(bool(self.tokenizer.path) or self.tokenizer.vocab_size <= self.model.vocab_size,
                  "tokenizer.vocab_size",
                  f"must be <= model.vocab_size ({self.model.vocab_size}), got {self.tokenizer.vocab_size}")
         _require(self.eval.num_samples >= 1, "eval.num_samples", "must be >= 1")

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -62,5 +63,5 @@ def test_round_trip_through_yaml(tmp_path):
 
 def test_configs_are_frozen():
     cfg = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.steps = 3  # type: ignore[misc]

@@ -23,6 +23,12 @@ from rlreason.verifiers.golds import encode_golds
 ROW_KEYS = ("prompt_tokens", "prompt_mask", "gold_bytes")
 
 
+def left_pad(ids: list[int], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids left-padded to `width`: (prompt_tokens int32 [width], prompt_mask int32 [width])."""
+    padding = width - len(ids)
+    return (np.asarray([pad_id] * padding + ids, np.int32), np.asarray([0] * padding + [1] * len(ids), np.int32))
+
+
 def encode_example(example: Example, tokenizer: Tokenizer, template: str, max_prompt_length: int,
                    max_gold_bytes: int) -> dict[str, np.ndarray]:
     """One example as a prompt row (see the module docstring); raises MalformedRow when it does not fit."""
@@ -37,10 +43,8 @@ def encode_example(example: Example, tokenizer: Tokenizer, template: str, max_pr
                            f"{max_gold_bytes} (raise it)") from None
     except TypeError:
         raise MalformedRow("gold metadata is not JSON-serializable, and the verifiers get it as JSON") from None
-    padding = max_prompt_length - len(ids)
-    return {"prompt_tokens": np.asarray([tokenizer.pad_id] * padding + ids, np.int32),
-            "prompt_mask": np.asarray([0] * padding + [1] * len(ids), np.int32),
-            "gold_bytes": gold}
+    prompt_tokens, prompt_mask = left_pad(ids, max_prompt_length, tokenizer.pad_id)
+    return {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask, "gold_bytes": gold}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

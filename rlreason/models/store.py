@@ -50,12 +50,10 @@ def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
     return model_cfg, meta["tokenizer"]
 
 
-def load_model(directory: str | Path, shardings=None, model_overrides: dict | None = None):
+def load_model(directory: str | Path, shardings=None):
     """Returns (params, ModelConfig, Tokenizer). `shardings`: a NamedSharding per leaf, or None for default."""
     directory = Path(directory).absolute()
     model_cfg, tokenizer_file = load_model_config(directory)
-    if model_overrides:
-        model_cfg = _build(ModelConfig, {**to_dict(model_cfg), **model_overrides}, "model")
     specs = param_specs(model_cfg)
     is_spec = lambda node: hasattr(node, "axes")  # noqa: E731
     if shardings is None:

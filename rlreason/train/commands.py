@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from rlreason.config import Config
-from rlreason.data.encoding import load_prompts
+from rlreason.data.encoding import left_pad, load_prompts
 from rlreason.models.store import load_model
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers.templates import render_prompt
@@ -19,8 +19,7 @@ def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config
     """One completion per question, rendered with the configured template and sampled with cfg.sampling."""
     encoded = [tokenizer.encode(render_prompt(question, cfg.tokenizer.template, tokenizer)) for question in questions]
     width = max(len(ids) for ids in encoded)
-    prompt_tokens = np.array([[tokenizer.pad_id] * (width - len(ids)) + ids for ids in encoded], np.int32)
-    prompt_mask = np.array([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], np.int32)
+    prompt_tokens, prompt_mask = map(np.stack, zip(*(left_pad(ids, width, tokenizer.pad_id) for ids in encoded)))
     sampling = SamplingParams.from_config(cfg.sampling)
     roll = jax.jit(generate_groups, static_argnames=("cfg", "sampling", "group_size", "stop_ids", "pad_id"))(
         params, prompt_tokens, prompt_mask, jax.random.key(seed), cfg=model_cfg, sampling=sampling, group_size=1,
