@@ -153,7 +153,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.99
+    # Adam's epsilon. It bounds how far float noise in a near-zero gradient component moves its param: the first
+    # update is lr * g / (|g| + eps), whose sensitivity to g is at most lr / eps.
+    eps: float = 1e-8
     max_grad_norm: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _require(self.eps > 0, f"{path}.eps", f"must be > 0, got {self.eps}")
 
 
 @dataclasses.dataclass(frozen=True)
