@@ -43,7 +43,7 @@ class ModelConfig:
     num_kv_heads: int = 2
     head_dim: int = 32
     intermediate_size: int = 384
-    hidden_act: Literal["silu", "gelu_tanh"] = "silu"
+    hidden_act: Literal["silu", "gelu", "gelu_tanh"] = "silu"  # gelu: exact (erf); gelu_tanh: tanh approximation
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     # Gemma stores RMSNorm scales as (scale - 1): the norm multiplies by (1 + w).
@@ -59,10 +59,13 @@ class ModelConfig:
     sliding_window: int = 0  # 0: every layer attends globally
     sliding_window_pattern: int = 0  # every n-th layer (n-1, 2n-1, ...) is global; 0: all layers windowed
     max_position_embeddings: int = 2048
+    # Run-time settings: how a run computes, not what the model is. A run from a model directory takes the
+    # architecture stored there and these from its own config (rlreason.models.store.run_model_config).
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights (and so Adam's state and gradients)
     scan_layers: bool = True
     remat: bool = False  # recompute layer activations in the backward pass to save memory
+    remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = "nothing_saveable"
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -73,6 +76,11 @@ class ModelConfig:
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                     "intermediate_size"):
             _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+# ModelConfig fields that say how a run computes rather than what the model is: a run from a model directory takes
+# them from its own config, everything else from the directory.
+MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "init_std")
 
 
 @dataclasses.dataclass(frozen=True)

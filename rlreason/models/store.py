@@ -9,13 +9,14 @@ Restoring with `shardings` creates every array directly on its sharding.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 import yaml
 
-from rlreason.config import ConfigError, ModelConfig, _build, to_dict
+from rlreason.config import MODEL_RUN_SETTINGS, ConfigError, ModelConfig, _build, to_dict
 from rlreason.models.transformer import Params, param_specs
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 
@@ -50,10 +51,31 @@ def load_model_config(directory: str | Path) -> tuple[ModelConfig, str]:
     return model_cfg, meta["tokenizer"]
 
 
-def load_model(directory: str | Path, shardings=None):
-    """Returns (params, ModelConfig, Tokenizer). `shardings`: a NamedSharding per leaf, or None for default."""
+def run_model_config(stored: ModelConfig, run: ModelConfig, directory: str | Path) -> ModelConfig:
+    """The model a run computes: the architecture stored in `directory`, the run-time settings
+    (MODEL_RUN_SETTINGS: compute dtype, master-weight dtype, layer scan, remat) of the run's own `model` config.
+
+    An architecture key that the run sets (to another value than its default) and that contradicts the stored
+    model is a ConfigError naming both values.
+    """
+    default = ModelConfig()
+    for field in dataclasses.fields(ModelConfig):
+        given, stored_value = getattr(run, field.name), getattr(stored, field.name)
+        if field.name not in MODEL_RUN_SETTINGS and given != getattr(default, field.name) and given != stored_value:
+            raise ConfigError(f"config key 'model.{field.name}' is {given!r}, but the model in {str(directory)!r} has "
+                              f"{stored_value!r}: a model directory fixes the architecture, so drop the key or set "
+                              f"it to {stored_value!r} (only {', '.join(MODEL_RUN_SETTINGS)} are the run's to choose)")
+    return dataclasses.replace(stored, **{name: getattr(run, name) for name in MODEL_RUN_SETTINGS})
+
+
+def load_model(directory: str | Path, shardings=None, run: ModelConfig | None = None):
+    """Returns (params, ModelConfig, Tokenizer). `shardings`: a NamedSharding per leaf, or None for default.
+    `run`: the run's model config, whose run-time settings apply (run_model_config); the params are restored in
+    its `param_dtype`. None: the model exactly as stored."""
     directory = Path(directory).absolute()
     model_cfg, tokenizer_file = load_model_config(directory)
+    if run is not None:
+        model_cfg = run_model_config(model_cfg, run, directory)
     specs = param_specs(model_cfg)
     is_spec = lambda node: hasattr(node, "axes")  # noqa: E731
     if shardings is None:

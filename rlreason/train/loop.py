@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from rlreason.config import Config, ConfigError, ModelConfig, save_config
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
-from rlreason.models.store import load_model, load_model_config, save_model
+from rlreason.models.store import load_model, load_model_config, run_model_config, save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
@@ -95,8 +95,9 @@ def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
     """(ModelConfig, Tokenizer, where they came from) of train.model_dir, or of model.* and tokenizer.path for a
     random init; reads no weights."""
     if cfg.train.model_dir:
-        model_cfg, tokenizer_file = load_model_config(cfg.train.model_dir)
-        return model_cfg, load_tokenizer(Path(cfg.train.model_dir) / tokenizer_file), cfg.train.model_dir
+        stored, tokenizer_file = load_model_config(cfg.train.model_dir)
+        return (run_model_config(stored, cfg.model, cfg.train.model_dir),
+                load_tokenizer(Path(cfg.train.model_dir) / tokenizer_file), cfg.train.model_dir)
     if not cfg.tokenizer.path:
         raise ConfigError("config key 'train.model_dir' is empty and so is 'tokenizer.path': give a model directory "
                           "to start from (rlreason pretrain or rlreason convert makes one)")
@@ -106,7 +107,7 @@ def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
 def initial_params(cfg: Config, model_cfg: ModelConfig, shardings):
     """The params to start from, placed by `shardings`: train.model_dir's weights, or a random init."""
     if cfg.train.model_dir:
-        return load_model(cfg.train.model_dir, shardings=shardings)[0]
+        return load_model(cfg.train.model_dir, shardings=shardings, run=cfg.model)[0]
     return init_params_sharded(model_cfg, jax.random.key(cfg.train.seed), shardings)
 
 

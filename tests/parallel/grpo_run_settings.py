@@ -10,6 +10,11 @@ updated params) make every metric of the step meaningful.
 
 from __future__ import annotations
 
+from tiny_run import TINY_OVERRIDES
+
+# The architecture of the tiny base model (a model directory fixes it: other model.* values are refused).
+TINY_MODEL = [override for override in TINY_OVERRIDES if override.startswith("model.")]
+
 CONFIG = "configs/demo_cpu.yaml"
 
 # Two runs of these settings that split the work differently (meshes, processes) compute the same function, but
@@ -44,7 +49,7 @@ def param_tolerance(grad_norms: list[float]) -> float:
 
 def grpo_settings(model_dir) -> list[str]:
     """Overrides of CONFIG for the run from `model_dir`; the tests add mesh.*, train.batch_size and the like."""
-    return [f"train.model_dir={model_dir}", "task.min_digits=1", "task.max_digits=1", "task.num_train=200",
+    return [f"train.model_dir={model_dir}", *TINY_MODEL, "task.min_digits=1", "task.max_digits=1", "task.num_train=200",
             "sampling.max_prompt_length=16", "sampling.max_completion_length=24", "grpo.num_generations=4",
             "grpo.rewards=[{name: r1_format, weight: 0.2}, {name: gsm8k_last_number}]",
             "grpo.accuracy_reward=gsm8k_last_number", "grpo.beta=0.04", f"grpo.num_minibatches={UPDATES_PER_STEP}",
