@@ -66,6 +66,9 @@ class ModelConfig:
     scan_layers: bool = True
     remat: bool = False  # recompute layer activations in the backward pass to save memory
     remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = "nothing_saveable"
+    # Completion positions whose [rows, positions, vocab] logits exist at once when log-probs and entropies are
+    # taken (update, reference pass); the backward pass recomputes each chunk. 0: the whole completion at once.
+    logprob_chunk_size: int = 0
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -73,6 +76,8 @@ class ModelConfig:
                  f"must be <= num_heads ({self.num_heads}), got {self.num_kv_heads}")
         _require(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads",
                  f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        _require(self.logprob_chunk_size >= 0, f"{path}.logprob_chunk_size",
+                 f"must be >= 0 (0: no chunks), got {self.logprob_chunk_size}")
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                     "intermediate_size"):
             _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0, got {getattr(self, key)}")
@@ -80,7 +85,7 @@ class ModelConfig:
 
 # ModelConfig fields that say how a run computes rather than what the model is: a run from a model directory takes
 # them from its own config, everything else from the directory.
-MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "init_std")
+MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "logprob_chunk_size", "init_std")
 
 
 @dataclasses.dataclass(frozen=True)
