@@ -69,6 +69,9 @@ class ModelConfig:
     # Completion positions whose [rows, positions, vocab] logits exist at once when log-probs and entropies are
     # taken (update, reference pass); the backward pass recomputes each chunk. 0: the whole completion at once.
     logprob_chunk_size: int = 0
+    # einsum: the portable path; xla / cudnn: jax.nn.dot_product_attention with that implementation (cudnn is
+    # flash attention on NVIDIA GPUs). Not with attn_logit_softcap, which dot_product_attention cannot apply.
+    attention: Literal["einsum", "xla", "cudnn"] = "einsum"
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -76,6 +79,9 @@ class ModelConfig:
                  f"must be <= num_heads ({self.num_heads}), got {self.num_kv_heads}")
         _require(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads",
                  f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        _require(self.attention == "einsum" or self.attn_logit_softcap == 0, f"{path}.attention",
+                 f"must be 'einsum' for a model with attention logit soft-capping (attn_logit_softcap="
+                 f"{self.attn_logit_softcap}), got {self.attention!r}")
         _require(self.logprob_chunk_size >= 0, f"{path}.logprob_chunk_size",
                  f"must be >= 0 (0: no chunks), got {self.logprob_chunk_size}")
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -85,7 +91,8 @@ class ModelConfig:
 
 # ModelConfig fields that say how a run computes rather than what the model is: a run from a model directory takes
 # them from its own config, everything else from the directory.
-MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "logprob_chunk_size", "init_std")
+MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "logprob_chunk_size", "attention",
+                      "init_std")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,9 @@ def run_model_config(stored: ModelConfig, run: ModelConfig, directory: str | Pat
             raise ConfigError(f"config key 'model.{field.name}' is {given!r}, but the model in {str(directory)!r} has "
                               f"{stored_value!r}: a model directory fixes the architecture, so drop the key or set "
                               f"it to {stored_value!r} (only {', '.join(MODEL_RUN_SETTINGS)} are the run's to choose)")
-    return dataclasses.replace(stored, **{name: getattr(run, name) for name in MODEL_RUN_SETTINGS})
+    model = dataclasses.replace(stored, **{name: getattr(run, name) for name in MODEL_RUN_SETTINGS})
+    model.validate("model")
+    return model
 
 
 def load_model(directory: str | Path, shardings=None, run: ModelConfig | None = None):

@@ -215,9 +215,13 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
         values = jax.lax.dynamic_update_slice(past_values, values.astype(past_values.dtype), start).astype(dtype)
 
     batch, length, heads, head_dim = queries.shape
+    scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
+    if cfg.attention != "einsum":
+        attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
+                                                implementation=cfg.attention)
+        return jnp.einsum("bthd,hde->bte", attended, layer["o_proj"].astype(dtype)), new_keys, new_values
     groups = heads // cfg.num_kv_heads
     queries = queries.reshape(batch, length, cfg.num_kv_heads, groups, head_dim)
-    scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
     logits = jnp.einsum("btkgd,bskd->bkgts", queries, keys, preferred_element_type=jnp.float32) * scale
     logits = softcap(logits, cfg.attn_logit_softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
