@@ -122,14 +122,18 @@ def check_memory(cfg: Config, model_cfg, mesh, devices: Devices) -> str:
     """Refuses a training state larger than a device's memory; returns the estimate, for the launch's log."""
     count, needed = state_bytes_per_device(cfg, model_cfg, mesh)
     reference = " + the reference model" if cfg.grpo.beta > 0 else ""
-    estimate = (f"{count / 1e9:.2f}B params ({model_cfg.param_dtype}): params + Adam's moments{reference} take "
-                f"~{needed / GIB:.1f} GiB per device on mesh {'x'.join(map(str, mesh.shape.values()))}")
+    estimate = (f"{count:,} params ({model_cfg.param_dtype}): params + Adam's moments{reference} take "
+                f"~{_size(needed)} per device on mesh {'x'.join(map(str, mesh.shape.values()))}")
     if devices.memory_bytes and needed > devices.memory_bytes:
         raise ConfigError(f"the model does not fit {devices.description}: {estimate}, more than the "
                           f"{devices.memory_bytes / GIB:.0f} GiB each has, before activations and the KV cache; "
                           f"split it over more devices (mesh.fsdp, mesh.tensor), set model.param_dtype=bfloat16, "
                           f"or launch on a larger slice")
     return estimate + (f" of {devices.memory_bytes / GIB:.0f} GiB" if devices.memory_bytes else "")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / GIB:.1f} GiB" if nbytes >= GIB else f"{nbytes / 2**20:.1f} MiB"
 
 
 def run_inputs(cfg: Config) -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@ inputs, set up every worker, run `rlreason train CONFIG key=value...` on all wor
 worker's log and the run's results, and optionally delete the slice.
 
     python launch/tpu_vm.py --name rl-v5p --zone us-east5-a --accelerator-type v5p-64 --teardown --dry-run \\
-        configs/tpu_v5p_64.yaml train.out_dir=gs://BUCKET/rl-v5p train.steps=100
+        configs/tpu_v5p_64.yaml train.model_dir=gs://BUCKET/models/qwen2.5-1.5b train.out_dir=gs://BUCKET/rl-v5p
 
 Before anything is created, the config is loaded and checked as training checks it (launch/checks.py): unknown
 keys, the mesh against the slice's chips, the training state against their memory, the model directory and
