@@ -9,7 +9,8 @@
   (grpo.beta > 0), each sharded by the rule table as training shards it (an estimate: activations, gradients
   and the KV cache come on top);
 - the model directory (or tokenizer) the run starts from loads, and its tokenizer fits the template
-  (`rlreason.train.loop.load_policy_config`, `check_tokenizer`), where it is readable from here.
+  (`rlreason.train.loop.load_policy_config`, `check_tokenizer`), and the data files exist
+  (`rlreason.data.readers.data_files`), where they are readable from here; only train.model_dir may be a URL.
 
 A failed check raises ConfigError (or LaunchError for a launcher flag); `guarded` prints its message and exits
 with code 2, without a traceback, before anything has been spent.
@@ -162,6 +163,11 @@ def check_run(cfg: Config, devices: Devices, readable: Callable[[str], bool] = l
     if not trains:
         return checked
     inputs = run_inputs(cfg)
+    for key, location in inputs:
+        if is_url(location) and key != "train.model_dir":
+            raise ConfigError(f"config key '{key}' is the URL {location!r}, but {key} is read as a local file; "
+                              f"give a local path (the cloud launchers copy it to every worker) or one under a "
+                              f"shared mount")
     local = [(key, location) for key, location in inputs if not is_url(location) and readable(location)]
     model_cfg = cfg.model
     if not inputs or inputs[0] in local:
@@ -203,14 +209,6 @@ def check_outputs(cfg: Config, mounts: Sequence[str], mount_flag: str) -> None:
 
 
 def worker_inputs(cfg: Config, mounts: Sequence[str]) -> list[tuple[str, str]]:
-    """The run's inputs that are neither URLs nor on a shared mount, so each worker needs its own copy; a URL
-    is accepted for train.model_dir only (orbax reads it; the data readers and tokenizers read local files)."""
-    local = []
-    for key, location in run_inputs(cfg):
-        if is_url(location) and key != "train.model_dir":
-            raise ConfigError(f"config key '{key}' is the URL {location!r}, but {key} is read as a local file; give "
-                              f"a path in this checkout (the launcher copies it to every worker) or one under a "
-                              f"shared mount")
-        if not (is_url(location) or on_mount(location, mounts)):
-            local.append((key, location))
-    return local
+    """The run's inputs that are neither URLs nor on a shared mount, so each worker needs its own copy."""
+    return [(key, location) for key, location in run_inputs(cfg)
+            if not (is_url(location) or on_mount(location, mounts))]

@@ -90,5 +90,8 @@ SLICES = {_name(generation, chips): TpuSlice(_name(generation, chips), generatio
 
 def tpu_slice(accelerator_type: str) -> TpuSlice:
     if accelerator_type not in SLICES:
-        raise LaunchError(f"unknown TPU type {accelerator_type!r} (--accelerator-type); known: {', '.join(SLICES)}")
+        hint = (f" (v5e slices are named v5litepod-N: {accelerator_type.replace('v5e', 'v5litepod')}?)"
+                if accelerator_type.startswith("v5e-") else "")
+        raise LaunchError(f"unknown TPU type {accelerator_type!r} (--accelerator-type){hint}; known: "
+                          f"{', '.join(SLICES)}")
     return SLICES[accelerator_type]

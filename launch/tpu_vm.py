@@ -25,7 +25,6 @@ import argparse
 import os
 import shlex
 import sys
-from pathlib import Path
 
 from checks import (REPO, Devices, check_outputs, check_run, guarded, on_mount, report, shipped_config,
                     worker_inputs)

@@ -120,7 +120,8 @@ def test_tpu_vm_on_a_shared_mount_copies_no_inputs_and_fetches_the_results_from_
 
 
 def test_tpu_vm_rejects_an_unknown_slice_type():
-    result = run_launcher("tpu_vm.py", "--name", "x", "--zone", "z", "--accelerator-type", "v9-1", "--dry-run", "c.yaml")
+    result = run_launcher("tpu_vm.py", "--name", "x", "--zone", "z", "--accelerator-type", "v9-1", "--dry-run",
+                          "configs/tpu_v5p_64.yaml")
     assert result.returncode == 2 and "unknown TPU type 'v9-1'" in result.stderr
     assert "Traceback" not in result.stderr
 
