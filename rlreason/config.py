@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from etils import epath
 
 
 class ConfigError(ValueError):
@@ -537,4 +538,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Writes the config as YAML to `path`: a local path or an etils.epath.Path, gs:// included."""
+    epath.Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

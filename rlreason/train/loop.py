@@ -26,20 +26,19 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from rlreason.config import Config, ConfigError, ModelConfig, save_config
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
-from rlreason.models.store import load_model, load_model_config, run_model_config, save_model
+from rlreason.models.store import load_model, load_model_config, load_model_tokenizer, run_model_config, save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
@@ -48,6 +47,7 @@ from rlreason.parallel.rules import axis_rules, batch_sharding, opt_state_shardi
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.rl.step import GRPOFunctions, TrainState, compile_grpo, init_train_state, make_grpo_functions
 from rlreason.sampling.sampler import SamplingParams
+from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import RunCheckpoints
 from rlreason.train.optim import make_optimizer
@@ -97,7 +97,7 @@ def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
     if cfg.train.model_dir:
         stored, tokenizer_file = load_model_config(cfg.train.model_dir)
         return (run_model_config(stored, cfg.model, cfg.train.model_dir),
-                load_tokenizer(Path(cfg.train.model_dir) / tokenizer_file), cfg.train.model_dir)
+                load_model_tokenizer(cfg.train.model_dir, tokenizer_file), cfg.train.model_dir)
     if not cfg.tokenizer.path:
         raise ConfigError("config key 'train.model_dir' is empty and so is 'tokenizer.path': give a model directory "
                           "to start from (rlreason pretrain or rlreason convert makes one)")
@@ -176,7 +176,7 @@ def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: in
     return rows
 
 
-def rows_through(path: Path, step: int) -> list[dict]:
+def rows_through(path: epath.Path, step: int) -> list[dict]:
     """The rows of a JSON-lines log whose "step" is at most `step`. A line that does not parse is dropped: rows
     are only ever appended, so it can only be the last one, cut short by a kill."""
     if not path.is_file():
@@ -192,11 +192,11 @@ def rows_through(path: Path, step: int) -> list[dict]:
     return rows
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: epath.Path, rows: list[dict]) -> None:
     """Replaces `path` by `rows` in one rename, so that a kill leaves the old file or the new one."""
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(scratch, path)
+    scratch.replace(path)
 
 
 class RunLog:
@@ -205,7 +205,7 @@ class RunLog:
     Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, resumed_step: int | None):
+    def __init__(self, out_dir: epath.Path, enabled: bool, resumed_step: int | None):
         self.enabled = enabled
         paths = (out_dir / "metrics.jsonl", out_dir / "samples.jsonl")
         kept = [rows_through(path, resumed_step) if resumed_step is not None else [] for path in paths]
@@ -216,7 +216,7 @@ class RunLog:
                 for path, rows in zip(paths, kept):
                     write_rows(path, rows)
             mode = "w" if resumed_step is None else "a"
-            self.metrics, self.samples = (open(path, mode) for path in paths)
+            self.metrics, self.samples = (path.open(mode) for path in paths)
 
     def write(self, file, rows: list[dict]) -> None:
         if self.enabled:
@@ -268,7 +268,7 @@ def train(cfg: Config, show_progress: bool = True):
     SIGTERM or non-finite steps stop the run early. Call it on the main thread: it handles SIGTERM while it runs.
     """
     initialize(cfg.distributed)
-    out_dir = Path(cfg.train.out_dir)
+    out_dir = storage_path(cfg.train.out_dir)
     main_process = is_main_process()
     with SigtermListener() as sigterm, RunCheckpoints(cfg) as checkpoints:
         resuming = checkpoints.last_step is not None
