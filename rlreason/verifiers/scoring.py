@@ -6,6 +6,7 @@ time-bounded worker pool. Nothing a completion contains can make this raise.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -13,16 +14,18 @@ import numpy as np
 from rlreason.verifiers.base import RewardFunction, call_reward
 from rlreason.verifiers.isolation import WorkerPool
 
-# What an isolated call that timed out or crashed scores: an answer that cannot be verified in time is wrong.
+# What an isolated call that timed out, was cut by the batch deadline or crashed scores: an answer that cannot be verified in time is wrong.
 FAILED_CALL_REWARD = 0.0
 
 
 def score_texts(reward_fns: Sequence[RewardFunction], prompts: Sequence[str], completions: Sequence[str],
-                golds: Sequence[str], metadatas: Sequence[dict], pool: WorkerPool, timeout_s: float) -> np.ndarray:
+                golds: Sequence[str], metadatas: Sequence[dict], pool: WorkerPool, timeout_s: float,
+                deadline_s: float = math.inf) -> np.ndarray:
     """Rewards [B, K] float32 of B rows under K functions; NaN where a function returned None.
 
-    `pool` runs the isolated functions, each call limited to `timeout_s` seconds; it starts no process unless
-    one of `reward_fns` is isolated.
+    `pool` runs the isolated functions, each call limited to `timeout_s` seconds and all of them to `deadline_s`
+    seconds (a call unfinished by then scores FAILED_CALL_REWARD and is counted by the pool); it starts no
+    process unless one of `reward_fns` is isolated.
     """
     rows = list(zip(prompts, completions, golds, metadatas, strict=True))
     scores = np.full((len(rows), len(reward_fns)), np.nan, np.float32)
@@ -35,7 +38,7 @@ def score_texts(reward_fns: Sequence[RewardFunction], prompts: Sequence[str], co
             else:
                 scores[b, k] = call_reward(reward.name, reward.fn, *row)
     if isolated_calls:
-        values = pool.run(isolated_calls, timeout_s, on_failure=FAILED_CALL_REWARD)
+        values = pool.run(isolated_calls, timeout_s, on_failure=FAILED_CALL_REWARD, deadline_s=deadline_s)
         for (b, k), value in zip(isolated_cells, values):
             scores[b, k] = value
     return scores
