@@ -14,7 +14,8 @@ import numpy as np
 from rlreason.verifiers.base import RewardFunction, call_reward
 from rlreason.verifiers.isolation import WorkerPool
 
-# What an isolated call that timed out, was cut by the batch deadline or crashed scores: an answer that cannot be verified in time is wrong.
+# What an isolated call that timed out, was cut by the batch deadline or crashed scores: an answer that cannot
+# be verified in time is wrong.
 FAILED_CALL_REWARD = 0.0
 
 
