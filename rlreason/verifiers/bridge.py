@@ -38,7 +38,7 @@ from rlreason.parallel.rules import AXIS_RULES, Rules, partition_spec
 from rlreason.tokenizers.base import Tokenizer
 from rlreason.verifiers.base import RewardFunction, get_reward_fn
 from rlreason.verifiers.golds import decode_gold
-from rlreason.verifiers.isolation import WorkerPool, WorkerStartError, shared_pool, take_shared_counts
+from rlreason.verifiers.isolation import WorkerPool, shared_pool, take_shared_counts
 from rlreason.verifiers.scoring import FAILED_CALL_REWARD, score_texts
 from rlreason.verifiers.tokens import OUT_OF_VOCAB_CHAR
 
@@ -82,15 +82,13 @@ def _score_on_host(tokenizer: Tokenizer, reward_fns: tuple[RewardFunction, ...],
                    for row in zip(rows(completion_tokens)[scored], rows(completion_mask)[scored])]
     scores = np.full((len(golds), len(reward_fns)), np.nan, np.float32)
     if scored:
-        try:
-            scores[scored] = score_texts(reward_fns, prompts, completions, [golds[i][0] for i in scored],
-                                         [golds[i][1] for i in scored], pool, timeout_s, deadline_s)
-        except WorkerStartError as error:
-            if raise_pool_errors:
-                raise
-            logger.error("%s; this step's rows score %s and the run stops after the step", error, FAILED_CALL_REWARD)
-            _POOL_ERRORS.append(str(error))
-            scores[scored] = FAILED_CALL_REWARD
+        errors = None if raise_pool_errors else []
+        scores[scored] = score_texts(reward_fns, prompts, completions, [golds[i][0] for i in scored],
+                                     [golds[i][1] for i in scored], pool, timeout_s, deadline_s, errors)
+        for error in errors or ():
+            logger.error("%s; this step's isolated rewards score %s and the run stops after the step", error,
+                         FAILED_CALL_REWARD)
+            _POOL_ERRORS.append(error)
     return scores.reshape(*completion_tokens.shape[:-1], len(reward_fns))
 
 

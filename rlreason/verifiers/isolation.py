@@ -82,13 +82,16 @@ class CallCounts:
 def serve(fd: int, memory_limit_mb: int, preload: Sequence[str]) -> None:
     """A worker's main loop: receives (fn, args, cpu_limit_s) on the socket `fd`, replies (True, fn(*args)) or
     (False, error text), and returns when the parent closes its end. The address space is capped at
-    `memory_limit_mb` MiB (0: no cap) before anything is imported."""
+    `memory_limit_mb` MiB (0: no cap) before anything is imported. A preloaded module's `warm_up()`, if it has
+    one, runs before the worker reports ready, so that one-time set-up (parser tables) is not charged to a call."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the CPU-time limit below must not write core files
     if memory_limit_mb:
         limit = memory_limit_mb * 2 ** 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    for module in preload:
-        importlib.import_module(module)
+    for name in preload:
+        warm_up = getattr(importlib.import_module(name), "warm_up", None)
+        if warm_up is not None:
+            warm_up()
     connection = Connection(fd)
     connection.send(_READY)
     while True:
@@ -177,13 +180,18 @@ class WorkerPool:
     """`num_workers` processes (default `default_num_workers()`) that run picklable calls under the bounds of
     the module docstring. `memory_limit_mb`: each worker's address-space cap in MiB (0: none).
 
+    `spare_workers` (default: as many as `num_workers`) more processes are kept started and idle: a worker
+    killed mid-batch is replaced by a warm spare at once, since starting a worker (importing sympy) takes
+    seconds, longer than a batch deadline. At most `num_workers` calls run at a time.
+
     Safe to call from any thread. A call's function must be importable by reference (a module-level function
     in a module other than `__main__`).
     """
 
     def __init__(self, num_workers: int | None = None, preload: Sequence[str] = (), memory_limit_mb: int = 0,
-                 startup_timeout_s: float = 120.0):
+                 spare_workers: int | None = None, startup_timeout_s: float = 120.0):
         self.num_workers = num_workers or default_num_workers()
+        self.spare_workers = self.num_workers if spare_workers is None else spare_workers
         self.preload = tuple(preload)
         self.memory_limit_mb = memory_limit_mb
         self.startup_timeout_s = startup_timeout_s
@@ -202,6 +210,16 @@ class WorkerPool:
         """Kills the workers now; a later `run` starts fresh ones."""
         with self._driver:
             _stop_all(self._workers)
+
+    def start(self) -> None:
+        """Starts the missing workers and waits until every one is ready (a `run` needs only one). Raises
+        WorkerStartError when they cannot start."""
+        with self._driver:
+            while True:
+                self._turn()
+                if len(self._workers) == self.num_workers + self.spare_workers and all(
+                        worker.ready for worker in self._workers):
+                    return
 
     def take_counts(self) -> CallCounts:
         """The timed-out and killed calls since the last `take_counts` (or since the pool was made); resets them."""
@@ -255,14 +273,15 @@ class WorkerPool:
         self._batches = [batch for batch in self._batches if not batch.done]
 
     def _start_missing_workers(self) -> None:
-        while len(self._workers) < self.num_workers:
+        while len(self._workers) < self.num_workers + self.spare_workers:
             self._workers.append(_start_worker(self.preload, self.memory_limit_mb))
 
     def _dispatch(self) -> None:
-        """Sends pending calls to idle ready workers, the oldest batch first."""
+        """Sends pending calls to idle ready workers, the oldest batch first, up to `num_workers` at a time."""
         idle = [worker for worker in self._workers if worker.ready and worker.batch is None]
+        busy = len(self._workers) - len(idle) - sum(not worker.ready for worker in self._workers)
         for batch in self._batches:
-            while idle and batch.pending:
+            while idle and batch.pending and busy < self.num_workers:
                 worker, index = idle.pop(), batch.pending.popleft()
                 fn, args = batch.calls[index]
                 try:
@@ -276,6 +295,7 @@ class WorkerPool:
                     idle.append(worker)
                     continue
                 worker.batch, worker.call_index, batch.running = batch, index, batch.running + 1
+                busy += 1
                 worker.deadline = min(time.monotonic() + batch.timeout_s, batch.deadline)
 
     def _collect(self) -> None:

@@ -2,8 +2,9 @@
 
 Before math-verify sees an answer, two cheap screens run (linear scans, no sympy):
 - `input_problem`: inputs that would make sympy slow or large, however they compare: too long, nested too
-  deep, an exponent holding a power of numbers (`9^{9^{9}}`; `e^{x^2}` is fine), an exponent over `MAX_EXPONENT` (`(x+1)^{1000000}`),
-  the factorial of anything but a small integer, macro definitions, control characters.
+  deep, exponent towers of numbers (`9^{9^{9}}`, `5^4^6`; `e^{x^2}` is fine), an exponent over `MAX_EXPONENT`
+  (`(x+1)^{1000000}`), factorials, binomials and Gamma of anything but small integers, macro definitions,
+  control characters.
 - `shape_problem`: answers that are not one expression. math-verify reads the right-hand side of a relation,
   the last of several math environments or boxes, and whatever its parser can recover from a string it cannot
   parse (`5 \\sim 3`, `5 \\\\ 3`, `2 1` all read as 3). RL finds such readings, so an answer must be one
@@ -57,6 +58,8 @@ _MACRO = re.compile(r"\\(?:def|edef|gdef|xdef|let|newcommand|renewcommand|provid
                     r"(?![A-Za-z])")
 _POWER = re.compile(r"\^\s*")
 _NUMERIC_POWER = re.compile(r"[0-9]\s*\^\s*\{?\s*[0-9]")  # 9^9, 9^{9}: inside an exponent, a tower of numbers
+_CHAINED_POWER = re.compile(r"\^\s*(?:\{[^{}]*\}|[0-9]+|[A-Za-z])\s*\^")  # a^b^c, a^{b}^{c}
+_COMBINATORIAL = re.compile(r"\\(?:[dt]?binom|choose|Gamma)(?![A-Za-z])")
 _DIGITS = re.compile(r"[0-9]+")
 _FACTORIAL = re.compile(r"([0-9]*)(\s*)([)}\]]?)\s*!")
 
@@ -123,9 +126,14 @@ def input_problem(answer: str) -> str | None:
             return "an exponent tower"
         if _integer_product_exceeds(exponent, MAX_EXPONENT):
             return f"an exponent over {MAX_EXPONENT}"
+    if _CHAINED_POWER.search(answer):
+        return "an exponent tower"
     for factorial in _FACTORIAL.finditer(answer):
         if factorial[3] or not factorial[1] or _integer_product_exceeds(factorial[1], MAX_FACTORIAL):
             return f"a factorial of something other than an integer up to {MAX_FACTORIAL}"
+    if _COMBINATORIAL.search(answer) and any(len(digits) > 4 or int(digits) > MAX_FACTORIAL
+                                              for digits in _DIGITS.findall(answer)):
+        return f"a binomial or Gamma function with a number over {MAX_FACTORIAL}"
     return None
 
 
@@ -167,6 +175,16 @@ def parse_latex(text: str) -> list:
     """math-verify's candidate parses of `text`, read as LaTeX math: wrapped in `$…$` unless it holds a `$`
     already (a bare "x^2+2x+1" is not extracted at all, and a bare "2^{1/2}" is misread as 2)."""
     return parse(text if "$" in text else f"${text}$", parsing_timeout=None)
+
+
+_WARM_UP = (("\\frac{x^2}{2}", "x^2/2"), ("2^{3}", "9"), ("\\{1, \\sqrt{2}\\}", "0.5"))
+
+
+def warm_up() -> None:
+    """A few comparisons, run by each worker process at start (see `isolation.serve`): math-verify and sympy
+    set up their parser and numeric paths on first use, which takes about a second, longer than a call should."""
+    for answer, gold in _WARM_UP:
+        math_equiv("", f"<answer>{answer}</answer>", gold, {})
 
 
 @reward_function("math_equiv", isolated=True)
