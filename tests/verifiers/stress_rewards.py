@@ -27,3 +27,9 @@ def stress(prompt: str, completion: str, gold: str, metadata: dict) -> float:
     if completion == "crash":
         os._exit(1)
     return 1.0
+
+
+@reward_function("stress_crash", isolated=True)
+def stress_crash(prompt: str, completion: str, gold: str, metadata: dict) -> float:
+    """Every call kills its worker process."""
+    os._exit(1)
