@@ -205,8 +205,8 @@ class GRPOConfig:
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
         for key in ("verifier_timeout_s", "verifier_batch_deadline_s"):
             _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0 seconds, got {getattr(self, key)}")
-        _require(self.verifier_memory_mb >= 256, f"{path}.verifier_memory_mb",
-                 f"must be >= 256 (a worker needs about 220 MiB of address space for sympy), got "
+        _require(self.verifier_memory_mb >= 512, f"{path}.verifier_memory_mb",
+                 f"must be >= 512 (a worker needs about 220 MiB of address space for sympy alone), got "
                  f"{self.verifier_memory_mb}")
         names = [reward.name for reward in self.rewards]
         _require(self.accuracy_reward in names, f"{path}.accuracy_reward",

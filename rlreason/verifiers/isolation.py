@@ -234,6 +234,8 @@ class WorkerPool:
         started, or whose worker dies gives `on_failure`. Raises WorkerStartError only when workers cannot be
         started at all.
         """
+        if not calls:
+            return []
         batch = _Batch(calls, [on_failure] * len(calls), timeout_s, deadline_s, collections.deque(range(len(calls))))
         self._submitted.put(batch)
         os.write(self._wake_write, b"\0")
