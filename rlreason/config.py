@@ -217,7 +217,9 @@ class GRPOConfig:
     mask_truncated_completions: bool = False
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
-    verifier_timeout_s: float = 5.0
+    verifier_timeout_s: float = 5.0  # wall-clock limit of one isolated verifier call (math_equiv)
+    verifier_batch_deadline_s: float = 2.0  # all isolated calls of one device's rows in a step; late ones score 0
+    verifier_memory_mb: int = 1024  # address-space cap of each verifier worker process (RLIMIT_AS)
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
 
     def validate(self, path: str) -> None:
@@ -228,6 +230,11 @@ class GRPOConfig:
         _require(self.gradient_accumulation_steps >= 1, f"{path}.gradient_accumulation_steps", "must be >= 1")
         _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
+        for key in ("verifier_timeout_s", "verifier_batch_deadline_s"):
+            _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0 seconds, got {getattr(self, key)}")
+        _require(self.verifier_memory_mb >= 512, f"{path}.verifier_memory_mb",
+                 f"must be >= 512 (a worker needs about 220 MiB of address space for sympy alone), got "
+                 f"{self.verifier_memory_mb}")
         names = [reward.name for reward in self.rewards]
         _require(self.accuracy_reward in names, f"{path}.accuracy_reward",
                  f"must name one of {path}.rewards ({', '.join(names)}), got {self.accuracy_reward!r}")

@@ -53,7 +53,7 @@ from rlreason.train.checkpoint import RunCheckpoints
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import SigtermListener, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_tokenizer
-from rlreason.verifiers.bridge import make_scorer
+from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 
 SAMPLES_PER_LOG = 4
 TIMING_KEYS = ("step_time_s", "tokens_per_s")  # the metrics that differ between runs computing the same thing
@@ -141,7 +141,9 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         lambda leaf: jax.lax.with_sharding_constraint(leaf, batch_sharding(mesh, leaf.ndim, rules)), tree)
     functions = make_grpo_functions(
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
-        make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh),
+        make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
+                    deadline_s=grpo.verifier_batch_deadline_s, memory_limit_mb=grpo.verifier_memory_mb,
+                    raise_pool_errors=False),
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
@@ -293,6 +295,7 @@ def train(cfg: Config, show_progress: bool = True):
                 start_time = time.perf_counter()
                 state, metrics, samples = trainer.step_fn(state, batch)
                 metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
+                metrics.update(take_verifier_metrics())  # this step's failed verifier calls, from every host
                 elapsed = time.perf_counter() - start_time
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
                 metrics["data/skipped_rows"] = trainer.skipped_rows

@@ -33,7 +33,7 @@ from grpo_run_settings import CONFIG, METRIC_ATOL, METRIC_RTOL, grpo_settings, p
 from rlreason.models.store import load_model
 from rlreason.parallel.mesh import MESH_AXES
 from rlreason.train.loop import TIMING_KEYS
-from rlreason.verifiers.bridge import scoring_row_axes
+from rlreason.verifiers.bridge import scoring_layout
 
 pytestmark = pytest.mark.multiprocess
 
@@ -63,8 +63,9 @@ def json_lines(path: Path) -> list[dict]:
 
 
 def test_a_group_is_scored_on_both_processes_in_the_group_layout():
-    """The premise of group_across_processes: its 12 rows are scored split over all 4 devices, 3 rows each."""
-    assert scoring_row_axes(AbstractMesh((1, 1, 4), MESH_AXES), 3 * 4) == MESH_AXES
+    """The premise of group_across_processes: its 12 rows are scored split over all 4 devices, 3 rows each (the
+    4 tensor devices hold the same rows and share them out)."""
+    assert scoring_layout(AbstractMesh((1, 1, 4), MESH_AXES), 3 * 4) == (("data", "fsdp"), ("tensor",))
 
 
 def test_outputs_are_written_once(runs):
