@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import importlib
 import logging
 import math
