@@ -312,6 +312,11 @@ class TrainConfig:
     out_dir: str = "runs/default"
     # Steps in a row whose loss or gradient norm is NaN/Inf (their updates are skipped) before the run stops.
     max_nonfinite_steps: int = 10
+    # Where metrics and sample tables go besides metrics.jsonl / samples.jsonl (rlreason.train.writers):
+    # TensorBoard event files in <out_dir>/tensorboard, a Weights & Biases run in <out_dir>/wandb.
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
+    wandb_project: str = "rlreason"
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: synced later with `wandb sync`
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size", "max_nonfinite_steps"):

@@ -53,6 +53,7 @@ from rlreason.train.checkpoint import RunCheckpoints
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import SigtermListener, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_tokenizer
+from rlreason.train.writers import open_writers
 from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 
 SAMPLES_PER_LOG = 4
@@ -202,13 +203,15 @@ def write_rows(path: epath.Path, rows: list[dict]) -> None:
 
 
 class RunLog:
-    """metrics.jsonl and samples.jsonl of a run, written by the main process only.
+    """metrics.jsonl and samples.jsonl of a run, and the writers of `train.report_to` (rlreason.train.writers),
+    written by the main process only.
 
     Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
     """
 
-    def __init__(self, out_dir: epath.Path, enabled: bool, resumed_step: int | None):
+    def __init__(self, cfg: Config, out_dir: epath.Path, enabled: bool, resumed_step: int | None):
         self.enabled = enabled
+        self.writers = open_writers(cfg, out_dir) if enabled else []
         paths = (out_dir / "metrics.jsonl", out_dir / "samples.jsonl")
         kept = [rows_through(path, resumed_step) if resumed_step is not None else [] for path in paths]
         self.history = kept[0]
@@ -220,15 +223,27 @@ class RunLog:
             mode = "w" if resumed_step is None else "a"
             self.metrics, self.samples = (path.open(mode) for path in paths)
 
-    def write(self, file, rows: list[dict]) -> None:
+    def _append(self, file, rows: list[dict]) -> None:
         if self.enabled:
             file.writelines(json.dumps(row) + "\n" for row in rows)
             file.flush()
+
+    def write_metrics(self, metrics: dict) -> None:
+        self._append(self.metrics, [metrics])
+        for writer in self.writers:
+            writer.metrics(metrics["step"], metrics)
+
+    def write_samples(self, step: int, rows: list[dict]) -> None:
+        self._append(self.samples, rows)
+        for writer in self.writers:
+            writer.samples(step, rows)
 
     def close(self) -> None:
         if self.enabled:
             self.metrics.close()
             self.samples.close()
+        for writer in self.writers:
+            writer.close()
 
 
 def checkpoint_due(cfg: Config, step: int, time_due: bool) -> bool:
@@ -284,7 +299,7 @@ def train(cfg: Config, show_progress: bool = True):
             if resuming:
                 print(f"resuming from checkpoint {checkpoints.path(start)} (step {start} of {cfg.train.steps})")
         reward_names = [reward.name for reward in cfg.grpo.rewards]
-        log = RunLog(out_dir, main_process, start if resuming else None)
+        log = RunLog(cfg, out_dir, main_process, start if resuming else None)
         history, nonfinite_streak = log.history, 0
         bar = tqdm(range(start, cfg.train.steps), desc="grpo", initial=start, total=cfg.train.steps,
                    disable=not (show_progress and main_process), dynamic_ncols=True)
@@ -300,10 +315,10 @@ def train(cfg: Config, show_progress: bool = True):
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
                 history.append(metrics)
-                log.write(log.metrics, [metrics])
+                log.write_metrics(metrics)
                 if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):
                     # Every process takes part in the gather; only the main one writes.
-                    log.write(log.samples, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
+                    log.write_samples(step, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
                 bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                                 len=f"{metrics['completion_length']:.0f}", step_s=f"{elapsed:.2f}")
                 nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, sigterm,

@@ -85,11 +85,12 @@ def test_a_model_directory_in_a_bucket_gives_its_config_and_tokenizer(fake_gcs, 
 def test_a_runs_config_and_logs_are_written_to_the_bucket(fake_gcs):
     """train's config.yaml, metrics.jsonl and samples.jsonl, through the same calls train makes."""
     out_dir = storage_path("gs://bkt/runs/rl")
-    cfg = tiny_config("train.out_dir=gs://bkt/runs/rl")
+    cfg = tiny_config("train.out_dir=gs://bkt/runs/rl", "train.report_to=[]")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
-    log = RunLog(out_dir, enabled=True, resumed_step=None)
-    log.write(log.metrics, [{"step": 1, "reward": 0.5}, {"step": 2, "reward": 0.75}])
+    log = RunLog(cfg, out_dir, enabled=True, resumed_step=None)
+    log.write_metrics({"step": 1, "reward": 0.5})
+    log.write_metrics({"step": 2, "reward": 0.75})
     log.close()
     assert fake_gcs["gs://bkt/runs/rl/metrics.jsonl"].getvalue() == (b'{"step": 1, "reward": 0.5}\n'
                                                                      b'{"step": 2, "reward": 0.75}\n')
@@ -97,7 +98,7 @@ def test_a_runs_config_and_logs_are_written_to_the_bucket(fake_gcs):
     saved = epath.Path("gs://bkt/runs/rl/config.yaml").read_text()
     assert to_dict(from_dict(yaml.safe_load(saved))) == to_dict(cfg)
     # A resume from step 1 keeps step 1's row and replaces the file in the bucket.
-    resumed = RunLog(out_dir, enabled=True, resumed_step=1)
+    resumed = RunLog(cfg, out_dir, enabled=True, resumed_step=1)
     resumed.close()
     assert [row["step"] for row in resumed.history] == [1]
     assert (out_dir / "metrics.jsonl").read_text() == '{"step": 1, "reward": 0.5}\n'
