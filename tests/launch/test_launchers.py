@@ -226,3 +226,11 @@ def test_after_a_failed_step_only_the_always_steps_run(tmp_path):
                           steps.Step("cleanup", f"echo cleanup >> {marker}", always=True)])
     assert code == 5
     assert marker.read_text().split() == ["cleanup"]
+
+
+def test_the_peer_comparison_refuses_without_the_peers_environments(tmp_path):
+    result = subprocess.run([sys.executable, "launch/compare_peers.py", "--peers-home", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no environment for trl, tunix" in result.stderr and "setup.sh" in result.stderr
+    assert "Traceback" not in result.stderr
