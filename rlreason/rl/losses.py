@@ -44,6 +44,11 @@ class LossSettings(NamedTuple):
     dppo_delta: float  # DPPO's bound on |p − p_old| (TV) or on the binary KL
 
 
+def loss_settings(grpo) -> LossSettings:
+    """The LossSettings of a GRPOConfig (epsilon_high 0 means epsilon)."""
+    return LossSettings(grpo.epsilon, grpo.epsilon_high or grpo.epsilon, grpo.dual_clip_c, grpo.dppo_delta)
+
+
 class PolicyTerms(NamedTuple):
     """Per-token policy quantities, [B, T] (the clip flags broadcast from [B, 1] at sequence level)."""
 
@@ -146,6 +151,45 @@ def k3(logprobs, ref_logprobs):
 
 
 KL_ESTIMATORS: dict[str, Callable] = {"k1": k1, "k2": k2, "k3": k3}
+
+# ---- the composed per-token loss ------------------------------------------------------------------------
+
+
+class TokenLoss(NamedTuple):
+    """Per-token quantities, all [B, T]."""
+
+    loss: jax.Array  # is_weight * policy term + beta * kl - entropy_coef * entropy
+    ratio: jax.Array
+    kl: jax.Array  # 0 when beta == 0
+    low_clipped: jax.Array
+    high_clipped: jax.Array
+
+
+def make_token_loss(policy_loss: str, importance_sampling_level: str, kl_estimator: str, settings: LossSettings,
+                    beta: float, entropy_coef: float) -> Callable[..., TokenLoss]:
+    """The per-token loss of the named variants:
+
+        token_loss(logprobs, entropy, old_logprobs, ref_logprobs, advantages [B], is_weights, mask) -> TokenLoss
+
+    with every other argument [B, T]; `ref_logprobs` is unused (may be None) when beta == 0, `entropy` when
+    entropy_coef == 0. `is_weights` are detached off-policy correction weights (1: none)."""
+    ratio_of, policy_term, kl_of = (IMPORTANCE_RATIOS[importance_sampling_level], POLICY_LOSSES[policy_loss],
+                                    KL_ESTIMATORS[kl_estimator])
+
+    def token_loss(logprobs, entropy, old_logprobs, ref_logprobs, advantages, is_weights, mask) -> TokenLoss:
+        ratio = ratio_of(logprobs, old_logprobs, mask)
+        policy = policy_term(ratio, logprobs, old_logprobs, advantages[:, None], settings)
+        loss = is_weights * policy.loss
+        kl = jnp.zeros_like(logprobs)
+        if beta > 0:
+            kl = kl_of(logprobs, ref_logprobs)
+            loss = loss + beta * kl
+        if entropy_coef > 0:
+            loss = loss - entropy_coef * entropy
+        return TokenLoss(loss, jnp.broadcast_to(ratio, logprobs.shape), kl, policy.low_clipped, policy.high_clipped)
+
+    return token_loss
+
 
 # ---- aggregations: numerator(token_losses, mask) summed over micro-batches; denominator(update_mask,
 # generation_tokens, num_updates) once per optimizer update ------------------------------------------------

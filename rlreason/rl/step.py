@@ -24,7 +24,7 @@ from flax import struct
 from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.rl.advantages import Advantages, compute_advantages
-from rlreason.rl.losses import IMPORTANCE_RATIOS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, LossSettings
+from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
 from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
 from rlreason.rl.shaping import soft_overlong_penalty
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
@@ -106,12 +106,10 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     sampler_cfg = model_cfg if grpo.rollout_dtype == "model" else dataclasses.replace(model_cfg,
                                                                                       dtype=grpo.rollout_dtype)
-    importance_ratio = IMPORTANCE_RATIOS[grpo.importance_sampling_level]
-    policy_term = POLICY_LOSSES[grpo.policy_loss]
-    kl_estimate = KL_ESTIMATORS[grpo.kl_estimator]
+    token_loss = make_token_loss(grpo.policy_loss, grpo.importance_sampling_level, grpo.kl_estimator,
+                                 loss_settings(grpo), grpo.beta, grpo.entropy_coef)
     aggregation = LOSS_AGGREGATIONS[grpo.loss_type]
     correction = OFF_POLICY_CORRECTIONS[grpo.off_policy_correction]
-    loss_settings = LossSettings(grpo.epsilon, grpo.epsilon_high or grpo.epsilon, grpo.dual_clip_c, grpo.dppo_delta)
     off_policy_settings = OffPolicySettings(grpo.off_policy_cap, grpo.off_policy_mask_low, grpo.off_policy_mask_high)
     forward_chunks = grpo.num_minibatches * grpo.gradient_accumulation_steps  # rows per forward = a micro-batch
 
@@ -136,22 +134,15 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
         logprobs, entropy = completion_logprobs(params, rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
                                                 model_cfg, temperature, with_entropy=True)
-        mask, old = rows["loss_mask"], rows["old_logprobs"]
-        ratio = importance_ratio(logprobs, old, mask)
-        policy = policy_term(ratio, logprobs, old, rows["advantages"][:, None], loss_settings)
-        token_losses = rows["is_weights"] * policy.loss
-        kl = jnp.zeros_like(logprobs)
-        if grpo.beta > 0:
-            kl = kl_estimate(logprobs, rows["ref_logprobs"])
-            token_losses = token_losses + grpo.beta * kl
-        if grpo.entropy_coef > 0:
-            token_losses = token_losses - grpo.entropy_coef * entropy
-        loss = aggregation.numerator(token_losses, mask) / denominator
-        ratio = jnp.broadcast_to(ratio, mask.shape)
+        mask = rows["loss_mask"]
+        terms = token_loss(logprobs, entropy, rows["old_logprobs"], rows.get("ref_logprobs"), rows["advantages"],
+                           rows["is_weights"], mask)
+        loss = aggregation.numerator(terms.loss, mask) / denominator
         masked_sum = lambda values: jnp.sum(values * mask)  # noqa: E731
-        stats = Learned(loss, jnp.zeros(()), jnp.sum(mask), masked_sum(entropy), masked_sum(kl), masked_sum(ratio),
-                        jnp.min(jnp.where(mask > 0, ratio, jnp.inf)), jnp.max(jnp.where(mask > 0, ratio, -jnp.inf)),
-                        masked_sum(policy.low_clipped), masked_sum(policy.high_clipped), jnp.zeros((), bool))
+        stats = Learned(loss, jnp.zeros(()), jnp.sum(mask), masked_sum(entropy), masked_sum(terms.kl),
+                        masked_sum(terms.ratio), jnp.min(jnp.where(mask > 0, terms.ratio, jnp.inf)),
+                        jnp.max(jnp.where(mask > 0, terms.ratio, -jnp.inf)), masked_sum(terms.low_clipped),
+                        masked_sum(terms.high_clipped), jnp.zeros((), bool))
         return loss, stats
 
     def update(state: TrainState, rows, generation_tokens):
