@@ -5,7 +5,13 @@
 `batch` holds only prompts (see rlreason.data.pipeline); the RNG travels in the state, so a step is a
 deterministic function of its inputs. The same three phases also exist as separately compiled functions
 (`GRPOFunctions.rollout / score / learn`) for the split-step debugging mode; the fused step calls the very
-same functions, so both modes compute the same thing.
+same functions, so both modes compute the same thing. DAPO's refill mode of dynamic sampling drives the compiled
+phases from the host (`refill_phases`), since it samples a data-dependent number of batches.
+
+`learn` reads top to bottom: rewards per function -> shaped rewards -> advantages; which tokens carry loss;
+pi_old (the sampler's, or the trainer's with an off-policy correction); then num_iterations passes of
+num_minibatches optimizer updates, each summing gradient_accumulation_steps micro-batches. The variants come
+from the registries of rlreason.rl.advantages / losses / off_policy (docs/algorithms.md).
 
 Shapes: P prompts, G = num_generations, B = P * G rows (group-contiguous), Tp prompt and Tc completion
 length, K reward functions, U = B / num_minibatches rows per optimizer update.
@@ -18,11 +24,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
 from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
+from rlreason.parallel.host_data import gather_rows
 from rlreason.rl.advantages import Advantages, compute_advantages
 from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
 from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
@@ -88,6 +96,8 @@ class GRPOFunctions:
     score: Callable  # (rollout, gold_bytes [B, Lg]) -> rewards [B, K]
     learn: Callable  # (state, rollout, rewards [B, K]) -> (state, metrics)
     step: Callable  # (state, batch) -> (state, metrics, Samples)
+    groups_with_spread: Callable  # rewards [B, K] -> [P] bool: the group's rewards are not all equal
+    select_groups: Callable  # ([Rollout], [rewards [B, K]], chosen [P, 2] (draw, group)) -> (Rollout, rewards)
 
 
 def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
@@ -191,7 +201,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         loss_mask = roll.completion_mask.astype(jnp.float32)
         if grpo.mask_truncated_completions:
             loss_mask = loss_mask * (~roll.truncated)[:, None]
-        if grpo.dynamic_sampling == "zero_weight":
+        if grpo.dynamic_sampling != "none":  # refill: groups topped up after max_sampling_draws
             loss_mask = loss_mask * ~jnp.repeat(advantages.zero_std, group_size)[:, None]
 
         # pi_old: the sampler's log-probs, or the trainer's recomputed ones with the off-policy correction.
@@ -270,8 +280,21 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             metrics["accuracy"] = jnp.mean(correct)
         return metrics
 
+    def groups_with_spread(rewards_per_function) -> jax.Array:
+        """Judged on the reward functions' weighted sum, before shaping (DAPO filters on accuracy)."""
+        rewards = combine_rewards(rewards_per_function, reward_weights)
+        return ~compute_advantages(rewards, rewards_per_function, reward_weights, group_size, grpo.advantage_estimator,
+                                   grpo.scale_rewards, grpo.normalize_rewards_per_function).zero_std
+
+    def select_groups(rolls: list[Rollout], scores: list[jax.Array], chosen: jax.Array):
+        """The chosen groups of several draws as one batch of P groups, in the order chosen."""
+        rows = (chosen[:, :1] * scores[0].shape[0] + chosen[:, 1:] * group_size + jnp.arange(group_size)).reshape(-1)
+        pick = lambda *draws: jnp.concatenate(draws)[rows]  # noqa: E731
+        return row_sharding(jax.tree.map(pick, *rolls)), row_sharding(pick(*scores))
+
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
-                         step=chain_phases(rollout, score, learn, group_size))
+                         step=chain_phases(rollout, score, learn, group_size),
+                         groups_with_spread=groups_with_spread, select_groups=select_groups)
 
 
 def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int) -> Callable:
@@ -287,11 +310,63 @@ def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size
     return step
 
 
-def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool) -> Callable:
-    """The step as compiled code: one jitted program, or (split_step) three chained ones.
+class Refill(NamedTuple):
+    """Where DAPO's dynamic sampling (grpo.dynamic_sampling=refill) gets more prompts: `draw()` returns the next
+    global prompt batch of the run's stream; at most `max_draws` batches are sampled per step."""
+
+    draw: Callable[[], Any]
+    max_draws: int
+
+
+def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_with_spread: Callable,
+                  select_groups: Callable, group_size: int, refill: Refill) -> Callable:
+    """The step with DAPO's dynamic sampling: sample and score a batch, drop the groups whose rewards are all equal,
+    and sample more batches until P groups with a spread are in hand or `refill.max_draws` batches were drawn;
+    then learn on those P groups (if the cap is hit, the batch is topped up with dropped groups, which get zero
+    weight in the loss).
+
+    The number of draws depends on the rewards, so this runs on the host, over the separately compiled phases:
+    one compiled step cannot sample a data-dependent number of batches. Every process sees the same (gathered)
+    rewards, so every process draws the same batches.
+    """
+
+    def step(state: TrainState, batch):
+        rng, sample_rng = jax.random.split(state.rng)
+        rolls, scores, kept, dropped = [], [], [], []
+        prompts = batch["prompt_tokens"].shape[0]
+        while True:
+            draw = len(rolls)
+            roll = rollout(state.params, batch, jax.random.fold_in(sample_rng, draw))
+            rolls.append(roll)
+            scores.append(score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0)))
+            spread = np.asarray(gather_rows(groups_with_spread(scores[-1])))
+            kept += [(draw, group) for group in np.flatnonzero(spread)]
+            dropped += [(draw, group) for group in np.flatnonzero(~spread)]
+            if len(kept) >= prompts or len(rolls) == refill.max_draws:
+                break
+            batch = refill.draw()
+        chosen = (kept + dropped)[:prompts]
+        roll, rewards_per_function = select_groups(rolls, scores, np.asarray(chosen, np.int32))
+        state, metrics = learn(state.replace(rng=rng), roll, rewards_per_function)
+        metrics.update({"dynamic_sampling/draws": len(rolls),
+                        "dynamic_sampling/dropped_groups": len(dropped),
+                        "dynamic_sampling/unfilled_groups": max(prompts - len(kept), 0)})
+        return state, metrics, Samples(roll, rewards_per_function)
+
+    return step
+
+
+def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool, refill: Refill | None = None
+                 ) -> Callable:
+    """The step as compiled code: one jitted program, or (split_step) three chained ones, or (refill) the
+    compiled phases driven by dynamic sampling.
 
     Either way the state buffers are donated and the result is the same function of (state, batch).
     """
+    if refill is not None:
+        return refill_phases(jax.jit(functions.rollout), jax.jit(functions.score),
+                             jax.jit(functions.learn, donate_argnums=0), jax.jit(functions.groups_with_spread),
+                             jax.jit(functions.select_groups), group_size, refill)
     if not split_step:
         return jax.jit(functions.step, donate_argnums=0)
     return chain_phases(jax.jit(functions.rollout), jax.jit(functions.score),

@@ -33,3 +33,20 @@ def test_unknown_name_is_refused_with_the_registered_names(knob):
     with pytest.raises(ConfigError) as error:
         load_config(None, [f"grpo.{knob}=no_such_variant"])
     assert f"config key 'grpo.{knob}' got 'no_such_variant'; allowed values: {names}" in str(error.value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["grpo.policy_loss=cispo"], "config key 'grpo.epsilon_high' is CISPO's cap on the ratio and must be > 1"),
+    (["grpo.top_entropy_quantile=0.2"], "set grpo.recompute_old_logprobs=true"),
+    (["grpo.off_policy_correction=token_truncate"], "config key 'grpo.off_policy_correction' compares the sampler's"),
+    (["grpo.sync_ref_model=true"], "config key 'grpo.sync_ref_model' needs a reference model"),
+    (["grpo.dual_clip_c=0.5"], "config key 'grpo.dual_clip_c' must be 0 (off) or > 1"),
+    (["grpo.dual_clip_c=3", "grpo.policy_loss=dppo_tv"], "applies to grpo.policy_loss='ppo_clip' only"),
+    (["grpo.overlong_buffer_length=64"], "config key 'grpo.overlong_buffer_length' must be < "
+                                         "sampling.max_completion_length (64)"),
+    (["grpo.recompute_old_logprobs=true", "grpo.off_policy_mask_low=1.2"], "must bracket 1"),
+])
+def test_knob_combinations_that_cannot_work_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value)
