@@ -13,7 +13,7 @@ from test_advantages import reference as numpy_advantages
 from tiny_run import tiny_config
 from rlreason.train.loop import build_trainer
 
-REWARD_WEIGHTS = np.asarray([0.2, 1.0])  # the tiny config's (demo_cpu.yaml): r1_format, exact_answer
+REWARD_WEIGHTS = np.asarray([reward.weight for reward in tiny_config().grpo.rewards])
 
 
 @functools.cache
