@@ -182,6 +182,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return state, stats._replace(grad_norm=grad_norm, nonfinite=~finite)
 
     def learn(state: TrainState, roll: Rollout, rewards_per_function):
+        """(state, rollout [B rows], rewards_per_function [B, K]) -> (new state, metrics)."""
         metrics = {}
         # Rewards -> advantages. Shaping from the rollout (soft overlong punishment) is one more reward column, NaN
         # where no function scored the row so that such rows keep advantage 0.
