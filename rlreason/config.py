@@ -202,19 +202,56 @@ class RewardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO-family knobs, named as in TRL / Tunix so that results compare."""
+    """GRPO-family knobs, named as in TRL / Tunix / verl so that results compare (docs/algorithms.md).
+
+    The variant names (advantage_estimator, scale_rewards, policy_loss, importance_sampling_level, kl_estimator,
+    loss_type, off_policy_correction) are the keys of the registries in rlreason.rl; tests/rl/test_registries.py
+    checks that each Literal below lists exactly its registry's keys.
+    """
 
     num_generations: int = 8
     num_iterations: int = 1
     num_minibatches: int = 1  # optimizer updates per pass over the generation batch
     gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
-    beta: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    epsilon: float = 0.2
-    epsilon_high: float = 0.0  # 0 means equal to epsilon
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    # Rewards -> advantages (rlreason.rl.advantages)
+    advantage_estimator: Literal["grpo", "rloo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    normalize_rewards_per_function: bool = False  # GDPO: each function's advantage apart, then the weighted sum
+    # DAPO dynamic sampling of groups whose rewards are all equal: zero_weight keeps shapes and gives them no loss
+    # (prime-rl); refill drops them and samples more prompts, at most max_sampling_draws batches per step.
+    dynamic_sampling: Literal["none", "zero_weight", "refill"] = "none"
+    max_sampling_draws: int = 4
+    # DAPO soft overlong punishment, in tokens: the last overlong_buffer_length tokens before
+    # sampling.max_completion_length cost up to overlong_penalty_factor of reward; 0 disables.
+    overlong_buffer_length: int = 0
+    overlong_penalty_factor: float = 1.0
     mask_truncated_completions: bool = False
+    # The per-token loss (rlreason.rl.losses)
+    policy_loss: Literal["ppo_clip", "cispo", "dppo_tv", "dppo_kl"] = "ppo_clip"
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0 means equal to epsilon; CISPO's cap on the ratio (e.g. 5.0)
+    dual_clip_c: float = 0.0  # ppo_clip: cap the loss of a negative-advantage token at c * |A| (c > 1); 0: off
+    dppo_delta: float = 0.2  # dppo_tv: bound on |p - p_old|; dppo_kl: bound on the binary KL
+    beta: float = 0.0  # 0: no KL term and no reference model kept
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0  # entropy bonus: -entropy_coef * H per token
+    top_entropy_quantile: float = 1.0  # train only on this fraction of tokens, the highest-entropy ones
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    # Off-policy correction (rlreason.rl.off_policy): recompute pi_old with the trainer (one forward pass) and
+    # correct for the sampler's log-probs by truncated (cap) or masked ([mask_low, mask_high]) importance sampling.
+    recompute_old_logprobs: bool = False
+    off_policy_correction: Literal["none", "token_truncate", "sequence_truncate", "token_mask",
+                                   "sequence_mask"] = "none"
+    off_policy_cap: float = 2.0
+    off_policy_mask_low: float = 0.99
+    off_policy_mask_high: float = 1.01
+    rollout_dtype: Literal["model", "float32", "bfloat16"] = "model"  # compute dtype of sampling only
+    # Reference policy: frozen, or (sync_ref_model) every ref_model_sync_steps steps
+    # ref <- alpha * policy + (1 - alpha) * ref (TRL's names and defaults).
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
     verifier_timeout_s: float = 5.0  # wall-clock limit of one isolated verifier call (math_equiv)
@@ -229,6 +266,39 @@ class GRPOConfig:
         _require(self.num_minibatches >= 1, f"{path}.num_minibatches", "must be >= 1")
         _require(self.gradient_accumulation_steps >= 1, f"{path}.gradient_accumulation_steps", "must be >= 1")
         _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
+        _require(self.epsilon > 0, f"{path}.epsilon", f"must be > 0, got {self.epsilon}")
+        _require(self.epsilon_high >= 0, f"{path}.epsilon_high",
+                 f"must be >= 0 (0: equal to epsilon), got {self.epsilon_high}")
+        _require(self.policy_loss != "cispo" or (self.epsilon_high or self.epsilon) > 1, f"{path}.epsilon_high",
+                 f"is CISPO's cap on the ratio and must be > 1 (e.g. 5.0) with {path}.policy_loss='cispo', got "
+                 f"{self.epsilon_high or self.epsilon}")
+        _require(self.dual_clip_c == 0 or self.dual_clip_c > 1, f"{path}.dual_clip_c",
+                 f"must be 0 (off) or > 1 (e.g. 3.0), got {self.dual_clip_c}")
+        _require(self.dual_clip_c == 0 or self.policy_loss == "ppo_clip", f"{path}.dual_clip_c",
+                 f"applies to {path}.policy_loss='ppo_clip' only, got policy_loss={self.policy_loss!r}")
+        _require(self.dppo_delta > 0, f"{path}.dppo_delta", f"must be > 0, got {self.dppo_delta}")
+        _require(self.entropy_coef >= 0, f"{path}.entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        _require(0 < self.top_entropy_quantile <= 1, f"{path}.top_entropy_quantile",
+                 f"must be in (0, 1], got {self.top_entropy_quantile}")
+        _require(self.top_entropy_quantile == 1 or self.recompute_old_logprobs, f"{path}.top_entropy_quantile",
+                 f"< 1 ranks tokens by the entropy of the trainer's forward pass over the batch: set "
+                 f"{path}.recompute_old_logprobs=true")
+        _require(self.off_policy_correction == "none" or self.recompute_old_logprobs, f"{path}.off_policy_correction",
+                 f"compares the sampler's log-probs with the trainer's: set {path}.recompute_old_logprobs=true")
+        _require(self.off_policy_cap >= 1, f"{path}.off_policy_cap", f"must be >= 1, got {self.off_policy_cap}")
+        _require(self.off_policy_mask_low < 1 < self.off_policy_mask_high, f"{path}.off_policy_mask_low",
+                 f"and off_policy_mask_high must bracket 1, got [{self.off_policy_mask_low}, "
+                 f"{self.off_policy_mask_high}]")
+        _require(self.max_sampling_draws >= 1, f"{path}.max_sampling_draws", "must be >= 1")
+        _require(self.overlong_buffer_length >= 0, f"{path}.overlong_buffer_length",
+                 f"must be >= 0, got {self.overlong_buffer_length}")
+        _require(self.overlong_penalty_factor >= 0, f"{path}.overlong_penalty_factor",
+                 f"must be >= 0, got {self.overlong_penalty_factor}")
+        _require(0 <= self.ref_model_mixup_alpha <= 1, f"{path}.ref_model_mixup_alpha",
+                 f"must be in [0, 1], got {self.ref_model_mixup_alpha}")
+        _require(self.ref_model_sync_steps >= 1, f"{path}.ref_model_sync_steps", "must be >= 1")
+        _require(not self.sync_ref_model or self.beta > 0, f"{path}.sync_ref_model",
+                 f"needs a reference model, which is kept only when {path}.beta > 0")
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
         for key in ("verifier_timeout_s", "verifier_batch_deadline_s"):
             _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0 seconds, got {getattr(self, key)}")
@@ -384,6 +454,9 @@ class Config:
         _require(update_rows % self.grpo.gradient_accumulation_steps == 0, "grpo.gradient_accumulation_steps",
                  f"must divide the {update_rows} rows of each update (train.batch_size * grpo.num_generations / "
                  f"grpo.num_minibatches), got {self.grpo.gradient_accumulation_steps}")
+        _require(self.grpo.overlong_buffer_length < self.sampling.max_completion_length, "grpo.overlong_buffer_length",
+                 f"must be < sampling.max_completion_length ({self.sampling.max_completion_length}), got "
+                 f"{self.grpo.overlong_buffer_length}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules, batch_sharding, opt_state_shardings, param_shardings, replicated
 from rlreason.parallel.sharded_init import init_params_sharded
-from rlreason.rl.step import GRPOFunctions, TrainState, compile_grpo, init_train_state, make_grpo_functions
+from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
+                              make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
@@ -153,9 +154,12 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
                            cfg.sampling.max_prompt_length)
     batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
                              rows=process_rows(mesh, cfg.train.batch_size, rules))
-    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step)
+    prompt_batch = lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules)  # noqa: E731
+    refill = (Refill(lambda: prompt_batch(next(batches)), grpo.max_sampling_draws)
+              if grpo.dynamic_sampling == "refill" else None)
+    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step, refill)
     return Trainer(cfg, tokenizer, model_cfg, mesh, state, functions, step_fn, batches, prompts.skipped_rows,
-                   lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules))
+                   prompt_batch)
 
 
 def step_metric_names(trainer: Trainer, state: TrainState) -> list[str]:
