@@ -114,6 +114,13 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = AXIS_RULES) -> NamedSha
     return NamedSharding(mesh, PartitionSpec(rules["batch"] or None, *([None] * (ndim - 1))))
 
 
+def rows_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = AXIS_RULES) -> NamedSharding:
+    """Rows [B, ...] split by the `batch` rule over the mesh axes B divides (a micro-batch may be too small for
+    all of them), other dims replicated."""
+    rows = partition_spec(("batch",), shape[:1], mesh, rules)
+    return NamedSharding(mesh, PartitionSpec(*rows, *([None] * (len(shape) - 1))))
+
+
 def cache_sharding(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, max_length: int,
                    rules: Rules = AXIS_RULES) -> KVCache:
     """Shardings of a KVCache whose keys and values are [L, B, S, K, D]."""

@@ -15,6 +15,10 @@ from the registries of rlreason.rl.advantages / losses / off_policy (docs/algori
 
 Shapes: P prompts, G = num_generations, B = P * G rows (group-contiguous), Tp prompt and Tc completion
 length, K reward functions, U = B / num_minibatches rows per optimizer update.
+
+Minibatches, micro-batches and the no-gradient forward passes take rows strided (`split_rows`: part p holds
+rows p, p + parts, ...), not in contiguous blocks: the mesh holds rows in contiguous blocks per device, so a
+strided part takes its share of every device's block and no device computes another device's rows.
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ from rlreason.verifiers.combine import combine_rewards, reward_metrics
 
 # score(prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes) -> rewards [B, K]
 Scorer = Callable[..., jax.Array]
+
+
+def split_rows(x: jax.Array, parts: int) -> jax.Array:
+    """[B, ...] -> [parts, B / parts, ...], part p holding rows p, p + parts, p + 2 * parts, ..."""
+    return jnp.swapaxes(x.reshape(-1, parts, *x.shape[1:]), 0, 1)
+
+
+def merge_rows(x: jax.Array) -> jax.Array:
+    """The inverse of split_rows: [parts, B / parts, ...] -> [B, ...]."""
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
 
 
 @struct.dataclass
@@ -133,12 +147,10 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     def batch_logprobs(params, roll: Rollout):
         """Log-probs and entropies [B, Tc] of the rollout's tokens by a forward pass without gradient, one
         micro-batch of rows at a time."""
-        split = lambda x: x.reshape(forward_chunks, -1, *x.shape[1:])  # noqa: E731
         logprobs, entropy = jax.lax.map(
-            lambda rows: completion_logprobs(params, *rows, model_cfg, temperature, with_entropy=True),
-            (split(roll.prompt_tokens), split(roll.prompt_mask), split(roll.tokens)))
-        merge = lambda x: jax.lax.stop_gradient(x.reshape(roll.tokens.shape))  # noqa: E731
-        return merge(logprobs), merge(entropy)
+            lambda rows: completion_logprobs(params, *row_sharding(rows), model_cfg, temperature, with_entropy=True),
+            tuple(split_rows(x, forward_chunks) for x in (roll.prompt_tokens, roll.prompt_mask, roll.tokens)))
+        return jax.lax.stop_gradient(merge_rows(logprobs)), jax.lax.stop_gradient(merge_rows(entropy))
 
     def micro_batch_loss(params, rows, denominator):
         """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
@@ -163,10 +175,11 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         the optimizer state as they were: one NaN would otherwise poison both for the rest of the run.
         """
         denominator = aggregation.denominator(rows["loss_mask"], generation_tokens, grpo.num_minibatches)
-        micro_batches = jax.tree.map(lambda x: x.reshape(grpo.gradient_accumulation_steps, -1, *x.shape[1:]), rows)
+        micro_batches = jax.tree.map(lambda x: split_rows(x, grpo.gradient_accumulation_steps), rows)
 
         def accumulate(grads_sum, micro_rows):
-            grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, micro_rows, denominator)
+            grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, row_sharding(micro_rows),
+                                                                    denominator)
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
         grads, micro = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
@@ -225,7 +238,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         if grpo.beta > 0:
             rows["ref_logprobs"] = batch_logprobs(state.ref_params, roll)[0]
         generation_tokens = jnp.sum(loss_mask)
-        minibatches = jax.tree.map(lambda x: x.reshape(grpo.num_minibatches, -1, *x.shape[1:]), rows)
+        minibatches = jax.tree.map(lambda x: split_rows(x, grpo.num_minibatches), rows)
 
         def one_pass(state, _):
             return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens), state, minibatches)

@@ -43,7 +43,7 @@ from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
-from rlreason.parallel.rules import axis_rules, batch_sharding, opt_state_shardings, param_shardings, replicated
+from rlreason.parallel.rules import axis_rules, opt_state_shardings, param_shardings, replicated, rows_sharding
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
                               make_grpo_functions)
@@ -140,7 +140,7 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     else:
         state = initial_state(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=state_layout)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
-        lambda leaf: jax.lax.with_sharding_constraint(leaf, batch_sharding(mesh, leaf.ndim, rules)), tree)
+        lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
     functions = make_grpo_functions(
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
         make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh, rules=rules,

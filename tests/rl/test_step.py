@@ -107,9 +107,10 @@ def sample_arrays(samples):
 
 
 def update_losses(loss_type, advantages, lengths, width, num_updates):
-    """On-policy (ratio 1, beta 0) each token's loss is -A_i: each update's loss by the ALGORITHMS.md table."""
+    """On-policy (ratio 1, beta 0) each token's loss is -A_i: each update's loss by the ALGORITHMS.md table. Update u
+    takes every num_updates-th row from row u (the step splits rows strided)."""
     losses = []
-    for rows in np.array_split(np.arange(len(lengths)), num_updates):
+    for rows in (np.arange(len(lengths))[update::num_updates] for update in range(num_updates)):
         token_sum = -np.sum(advantages[rows] * lengths[rows])
         losses.append({"grpo": -np.mean(advantages[rows]), "bnpo": token_sum / lengths[rows].sum(),
                        "dr_grpo": token_sum / (len(rows) * width),
