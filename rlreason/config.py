@@ -164,7 +164,12 @@ class PretrainConfig:
     batch_size: int = 64
     seq_len: int = 96
     r1_format_fraction: float = 0.5  # share of corpus rows written in the R1 <think>/<answer> format
+    carry_slip_rate: float = 0.0  # addition: share of carries the corpus's worked solutions forget (wrong answers)
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, warmup_steps=20)
+
+    def validate(self, path: str) -> None:
+        for key in ("r1_format_fraction", "carry_slip_rate"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"{path}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +193,8 @@ class GRPOConfig:
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = False
+    # Train on a control instead of the true reward (rlreason.rl.controls): shuffle, bernoulli, format_only.
+    reward_control: Literal["none", "shuffle", "bernoulli", "format_only"] = "none"
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
     verifier_timeout_s: float = 5.0
@@ -337,6 +344,8 @@ class Config:
                  "tokenizer.vocab_size",
                  f"must be <= model.vocab_size ({self.model.vocab_size}), got {self.tokenizer.vocab_size}")
         _require(self.eval.num_samples >= 1, "eval.num_samples", "must be >= 1")
+        _require(self.pretrain.carry_slip_rate == 0 or self.task.name == "addition", "pretrain.carry_slip_rate",
+                 f"needs task.name 'addition' (it forgets carries of worked additions), got {self.task.name!r}")
         rollouts = self.train.batch_size * self.grpo.num_generations
         _require(rollouts % self.grpo.num_minibatches == 0, "grpo.num_minibatches",
                  f"must divide train.batch_size * grpo.num_generations = {rollouts}, "

@@ -23,10 +23,12 @@ from flax import struct
 
 from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
+from rlreason.rl.controls import make_reward_control
 from rlreason.rl.advantages import group_advantages
 from rlreason.rl.losses import loss_denominator, loss_numerator, token_loss
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 from rlreason.verifiers.combine import combine_rewards, reward_metrics
+from rlreason.verifiers.lenient import verdicts
 
 # score(prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes) -> rewards [B, K]
 Scorer = Callable[..., jax.Array]
@@ -92,11 +94,15 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
 
-    `row_sharding` and `state_sharding` pin the layout of the rollout rows and of the new state (sharding
-    constraints from rlreason.parallel); the defaults leave placement to the compiler.
+    `reward_names` names the scorer's columns: grpo.rewards in order, then the metric-only functions that the
+    accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
+    the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
+    defaults leave placement to the compiler.
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
+    num_rewards = len(grpo.rewards)  # the scorer's first columns; the metric-only ones follow
+    reward_control = make_reward_control(grpo.reward_control, reward_names[:num_rewards], reward_weights)
     epsilon_high = grpo.epsilon_high or grpo.epsilon
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
 
@@ -153,7 +159,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return state, stats
 
     def learn(state: TrainState, roll: Rollout, rewards_per_function):
-        rewards = combine_rewards(rewards_per_function, reward_weights)
+        rewards = combine_rewards(rewards_per_function[:, :num_rewards], reward_weights)
+        rewards = reward_control(rewards, rewards_per_function[:, :num_rewards], jax.random.fold_in(state.rng, 1))
         advantages, group_std = group_advantages(rewards, group_size, grpo.scale_rewards)
         loss_mask = roll.completion_mask.astype(jnp.float32)
         if grpo.mask_truncated_completions:
@@ -203,10 +210,10 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             "clip_ratio_region": jnp.mean(learned.clip_low + learned.clip_high),
             "nonfinite_updates": jnp.sum(learned.nonfinite),  # skipped updates (of num_iterations * num_minibatches)
         }
-        metrics.update(reward_metrics(rewards_per_function, reward_names))
-        if accuracy_reward:
-            correct = rewards_per_function[:, reward_names.index(accuracy_reward)] >= 1.0
-            metrics["accuracy"] = jnp.mean(correct)
+        metrics.update(reward_metrics(rewards_per_function[:, :num_rewards], reward_names[:num_rewards]))
+        passed = verdicts(rewards_per_function, reward_names, reward_names[:num_rewards], accuracy_reward)
+        metrics.update(accuracy=jnp.mean(passed["answer"]), accuracy_strict=jnp.mean(passed["strict"]),
+                       accuracy_lenient=jnp.mean(passed["lenient"]), format_rate=jnp.mean(passed["format"]))
         return metrics
 
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,

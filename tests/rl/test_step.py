@@ -78,7 +78,8 @@ def test_several_updates_per_batch_move_off_policy_and_track_kl(tiny_base_model)
     assert metrics["kl"] > 0  # later updates see a policy that moved away from the reference
     assert metrics["ratio_max"] > 1.0 + 1e-4 or metrics["ratio_min"] < 1.0 - 1e-4
     for key in ("clip_ratio_low", "clip_ratio_high", "entropy", "learning_rate", "frac_reward_zero_std",
-                "rewards/r1_format", "rewards/exact_answer", "accuracy", "completion_length", "clipped_ratio"):
+                "rewards/r1_format", "rewards/exact_answer", "accuracy", "accuracy_strict", "accuracy_lenient",
+                "format_rate", "completion_length", "clipped_ratio"):
         assert np.isfinite(metrics[key]), key
 
 
