@@ -3,6 +3,9 @@
 The corpus mixes two styles of the same worked solution: a share `pretrain.r1_format_fraction` in the R1
 format (`<think>…</think> <answer>…</answer>`) and the rest in plain prose. Trained briefly, the model
 answers in the R1 format sometimes but not usually, and is often wrong: a base model for R1-Zero-style RL.
+With `pretrain.carry_slip_rate` (addition only), the worked solutions forget each carry with that probability,
+answers following the slips: the base model then writes the format but often adds wrongly, a habit that only a
+reward for right answers can break (a random reward or a format reward cannot).
 The loss covers completion tokens only; prompts are the same rendered template the RL step samples from.
 """
 
@@ -34,6 +37,8 @@ def corpus_texts(cfg: Config, problems: list[synthetic.Problem]) -> list[tuple[s
     pairs = []
     for problem in problems:
         r1 = style_rng.random() < cfg.pretrain.r1_format_fraction
+        if cfg.pretrain.carry_slip_rate:
+            problem = synthetic.with_forgotten_carries(problem, style_rng, cfg.pretrain.carry_slip_rate)
         completion = synthetic.r1_completion(problem) if r1 else synthetic.plain_completion(problem)
         pairs.append((render_prompt(problem.question, cfg.tokenizer.template), completion))
     return pairs
