@@ -32,22 +32,21 @@ def column_addition(a: int, b: int, forget_carry: Callable[[], bool] = lambda: F
     """(worked solution, result) of a + b column by column, least significant digit first:
     `7+5=12 carry 1, 4+8+1=13 carry 1, so 132`.
 
-    `forget_carry()` is asked at each carry into a next column; when it says yes, the solution neither notes that
-    carry nor adds it (`7+5=12, 4+8=12 carry 1, so 122`), and the result is what those steps give.
+    `forget_carry()` is asked at each carry; when it says yes, the solution neither notes that carry nor adds it
+    to the next column or, after the last column, as the leading 1: `7+5=12, 4+8=12 carry 1, so 122`;
+    `7+5=12 carry 1, 4+8+1=13, so 32`. The result is what the written steps give.
     """
     a_digits, b_digits = str(a)[::-1], str(b)[::-1]
-    columns = max(len(a_digits), len(b_digits))
     steps, digits, carry = [], [], 0
-    for column in range(columns):
+    for column in range(max(len(a_digits), len(b_digits))):
         x = int(a_digits[column]) if column < len(a_digits) else 0
         y = int(b_digits[column]) if column < len(b_digits) else 0
         total = x + y + carry
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
-        last = column == columns - 1
-        carry = total // 10 if last or total < 10 or not forget_carry() else 0
+        carry = 1 if total >= 10 and not forget_carry() else 0
         steps.append(f"{terms}={total}" + (" carry 1" if carry else ""))
-        digits.append(str(total) if last else str(total % 10))
-    result = str(int("".join(reversed(digits))))
+        digits.append(str(total % 10))
+    result = str(int(str(carry) + "".join(reversed(digits))))
     return ", ".join(steps) + f", so {result}", result
 
 
@@ -63,8 +62,8 @@ def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
 
 
 def with_forgotten_carries(problem: Problem, rng: random.Random, rate: float) -> Problem:
-    """`problem` (an addition) as a sloppy writer solves it: each carry into a next column is forgotten with
-    probability `rate`, and the answer follows the slipped steps. For a base model with a habit that only a reward
+    """`problem` (an addition) as a sloppy writer solves it: each carry is forgotten with probability `rate`, and
+    the answer follows the slipped steps (see `column_addition`). For a base model with a habit that only a reward
     for right answers can break."""
     if len(problem.operands) != 2:
         raise ValueError(f"forgotten carries need an addition problem, got {problem.question!r}")
