@@ -344,8 +344,6 @@ class Config:
                  "tokenizer.vocab_size",
                  f"must be <= model.vocab_size ({self.model.vocab_size}), got {self.tokenizer.vocab_size}")
         _require(self.eval.num_samples >= 1, "eval.num_samples", "must be >= 1")
-        _require(self.pretrain.carry_slip_rate == 0 or self.task.name == "addition", "pretrain.carry_slip_rate",
-                 f"needs task.name 'addition' (it forgets carries of worked additions), got {self.task.name!r}")
         rollouts = self.train.batch_size * self.grpo.num_generations
         _require(rollouts % self.grpo.num_minibatches == 0, "grpo.num_minibatches",
                  f"must divide train.batch_size * grpo.num_generations = {rollouts}, "

@@ -56,3 +56,13 @@ def test_full_demo_lifts_lenient_pass_at_1_by_25_points_and_the_control_does_not
     summary = run_demo(load_config(ROOT / "configs" / "demo_cpu.yaml"), tmp_path, show_progress=False)
     assert summary["rl_gain_lenient_points"] >= 25, summary
     assert abs(summary["control_gain_lenient_points"]) <= 5, summary
+
+
+def test_forgotten_carries_need_an_addition_task(tmp_path):
+    from rlreason.config import ConfigError
+    from rlreason.train.pretrain import pretrain
+
+    with pytest.raises(ValueError, match=r"pretrain.carry_slip_rate=0.8 .* task.name='countdown'"):
+        pretrain(tiny_config("task.name=countdown"), tmp_path)
+    with pytest.raises(ConfigError, match=r"'pretrain.carry_slip_rate' must be in \[0, 1\], got 1.5"):
+        tiny_config("pretrain.carry_slip_rate=1.5")
