@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
-from rlreason.config import ConfigError, load_config
+from rlreason.config import ConfigError, GRPOConfig, load_config
+
+REWARD_CONTROLS = typing.get_args(typing.get_type_hints(GRPOConfig)["reward_control"])
 
 COMMANDS = {
     "demo": "pretrain a tiny base model, evaluate it, run GRPO, evaluate again, write a report (--out DIR)",
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("demo", "pretrain"):
             command.add_argument("--out", required=name == "pretrain", default="runs/demo",
                                  help="output folder (demo default: runs/demo)")
+        if name == "demo":
+            command.add_argument("--control", default="shuffle", choices=REWARD_CONTROLS,
+                                 help="grpo.reward_control of the control run next to the real one (none: no control)")
         if name in ("eval", "sample"):
             command.add_argument("--model", required=True, help="a model directory (from pretrain, train or convert)")
         if name == "sample":
@@ -73,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from rlreason.train.demo import run_demo
 
-        summary = run_demo(cfg, args.out, show_progress)
-        print(f"base pass@1 {summary['base_pass@1']:.3f} -> after GRPO {summary['rl_pass@1']:.3f}; "
-              f"format {summary['base_format']:.3f} -> {summary['rl_format']:.3f}")
+        summary = run_demo(cfg, args.out, show_progress, args.control)
+        control = f", {args.control} control {summary['control_pass@1_lenient']:.3f}" if args.control != "none" else ""
+        print(f"lenient pass@1: base {summary['base_pass@1_lenient']:.3f} -> after GRPO "
+              f"{summary['rl_pass@1_lenient']:.3f}{control}; strict {summary['base_pass@1_strict']:.3f} -> "
+              f"{summary['rl_pass@1_strict']:.3f}; format {summary['base_format']:.3f} -> {summary['rl_format']:.3f}")
     elif args.command == "pretrain":
         from rlreason.train.pretrain import pretrain
 

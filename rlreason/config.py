@@ -191,7 +191,12 @@ class PretrainConfig:
     batch_size: int = 64
     seq_len: int = 96
     r1_format_fraction: float = 0.5  # share of corpus rows written in the R1 <think>/<answer> format
+    carry_slip_rate: float = 0.0  # addition: share of carries the corpus's worked solutions forget (wrong answers)
     optim: OptimConfig = OptimConfig(learning_rate=3e-3, warmup_steps=20)
+
+    def validate(self, path: str) -> None:
+        for key in ("r1_format_fraction", "carry_slip_rate"):
+            _require(0.0 <= getattr(self, key) <= 1.0, f"{path}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +257,8 @@ class GRPOConfig:
     sync_ref_model: bool = False
     ref_model_mixup_alpha: float = 0.6
     ref_model_sync_steps: int = 512
+    # Train on a control instead of the true reward (rlreason.rl.controls): shuffle, bernoulli, format_only.
+    reward_control: Literal["none", "shuffle", "bernoulli", "format_only"] = "none"
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
     verifier_timeout_s: float = 5.0  # wall-clock limit of one isolated verifier call (math_equiv)
@@ -260,6 +267,9 @@ class GRPOConfig:
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
 
     def validate(self, path: str) -> None:
+        _require(self.reward_control == "none" or not self.normalize_rewards_per_function, f"{path}.reward_control",
+                 f"must be 'none' with {path}.normalize_rewards_per_function: a control replaces the combined "
+                 f"reward, while GDPO normalizes each function's column; got {self.reward_control!r}")
         _require(self.num_generations >= 2, f"{path}.num_generations",
                  f"must be >= 2 (group statistics need two samples), got {self.num_generations}")
         _require(self.num_iterations >= 1, f"{path}.num_iterations", "must be >= 1")

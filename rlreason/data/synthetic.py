@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from fractions import Fraction
+from typing import Callable
 
 from rlreason.config import TaskConfig
 
@@ -19,6 +20,7 @@ class Problem:
     answer: str
     solution: str
     metadata: dict = dataclasses.field(default_factory=dict)
+    operands: tuple[int, ...] = ()  # addition's a and b: what `with_forgotten_carries` recomputes from
 
 
 def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
@@ -26,23 +28,47 @@ def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
     return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
 
 
-def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
-    """a + b with the column-wise steps, least significant digit first: `7+5=12 carry 1, 4+8+1=13`.
+def column_addition(a: int, b: int, forget_carry: Callable[[], bool] = lambda: False) -> tuple[str, str]:
+    """(worked solution, result) of a + b column by column, least significant digit first:
+    `7+5=12 carry 1, 4+8+1=13 carry 1, so 132`.
 
-    Operands are written zero-padded to `max_digits` ("What is 07+85?"), so that every digit sits at a fixed
-    distance from the end of the prompt: tiny models learn to read them in a few hundred steps.
+    `forget_carry()` is asked at each carry; when it says yes, the solution neither notes that carry nor adds it
+    to the next column or, after the last column, as the leading 1: `7+5=12, 4+8=12 carry 1, so 122`;
+    `7+5=12 carry 1, 4+8+1=13, so 32`. The result is what the written steps give.
     """
-    a, b = _number(rng, min_digits, max_digits), _number(rng, min_digits, max_digits)
-    steps, carry = [], 0
     a_digits, b_digits = str(a)[::-1], str(b)[::-1]
+    steps, digits, carry = [], [], 0
     for column in range(max(len(a_digits), len(b_digits))):
         x = int(a_digits[column]) if column < len(a_digits) else 0
         y = int(b_digits[column]) if column < len(b_digits) else 0
         total = x + y + carry
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
-        carry = total // 10
+        carry = 1 if total >= 10 and not forget_carry() else 0
         steps.append(f"{terms}={total}" + (" carry 1" if carry else ""))
-    return Problem(f"What is {a:0{max_digits}d}+{b:0{max_digits}d}?", str(a + b), ", ".join(steps) + f", so {a + b}")
+        digits.append(str(total % 10))
+    result = str(int(str(carry) + "".join(reversed(digits))))
+    return ", ".join(steps) + f", so {result}", result
+
+
+def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
+    """a + b with the column-wise steps of `column_addition`.
+
+    Operands are written zero-padded to `max_digits` ("What is 07+85?"), so that every digit sits at a fixed
+    distance from the end of the prompt: tiny models learn to read them in a few hundred steps.
+    """
+    a, b = _number(rng, min_digits, max_digits), _number(rng, min_digits, max_digits)
+    solution, result = column_addition(a, b)
+    return Problem(f"What is {a:0{max_digits}d}+{b:0{max_digits}d}?", result, solution, operands=(a, b))
+
+
+def with_forgotten_carries(problem: Problem, rng: random.Random, rate: float) -> Problem:
+    """`problem` (an addition) as a sloppy writer solves it: each carry is forgotten with probability `rate`, and
+    the answer follows the slipped steps (see `column_addition`). For a base model with a habit that only a reward
+    for right answers can break."""
+    if len(problem.operands) != 2:
+        raise ValueError(f"forgotten carries need an addition problem, got {problem.question!r}")
+    solution, result = column_addition(*problem.operands, forget_carry=lambda: rng.random() < rate)
+    return dataclasses.replace(problem, solution=solution, answer=result)
 
 
 def multiplication(rng: random.Random, min_digits: int, max_digits: int) -> Problem:

@@ -36,11 +36,13 @@ from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.parallel.host_data import gather_rows
 from rlreason.rl.advantages import Advantages, compute_advantages
+from rlreason.rl.controls import make_reward_control
 from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
 from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
 from rlreason.rl.shaping import soft_overlong_penalty
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 from rlreason.verifiers.combine import combine_rewards, reward_metrics
+from rlreason.verifiers.lenient import verdicts
 
 # score(prompt_tokens, prompt_mask, completion_tokens, completion_mask, gold_bytes) -> rewards [B, K]
 Scorer = Callable[..., jax.Array]
@@ -122,11 +124,15 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
 
-    `row_sharding` and `state_sharding` pin the layout of the rollout rows and of the new state (sharding
-    constraints from rlreason.parallel); the defaults leave placement to the compiler.
+    `reward_names` names the scorer's columns: grpo.rewards in order, then the metric-only functions that the
+    accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
+    the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
+    defaults leave placement to the compiler.
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
+    num_rewards = len(grpo.rewards)  # the scorer's first columns; the metric-only ones follow
+    reward_control = make_reward_control(grpo.reward_control, reward_names[:num_rewards], reward_weights)
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     sampler_cfg = model_cfg if grpo.rollout_dtype == "model" else dataclasses.replace(model_cfg,
                                                                                       dtype=grpo.rollout_dtype)
@@ -200,14 +206,16 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         # Rewards -> advantages. Shaping from the rollout (soft overlong punishment) is one more reward column, NaN
         # where no function scored the row so that such rows keep advantage 0.
         lengths = jnp.sum(roll.completion_mask, axis=1)
-        shaped, weights = rewards_per_function, reward_weights
+        scored = rewards_per_function[:, :num_rewards]  # the metric-only columns after them earn nothing
+        shaped, weights = scored, reward_weights
         if grpo.overlong_buffer_length > 0:
             penalty = soft_overlong_penalty(lengths, sampling.max_new_tokens, grpo.overlong_buffer_length)
-            unscored = jnp.all(jnp.isnan(rewards_per_function), axis=1)
+            unscored = jnp.all(jnp.isnan(scored), axis=1)
             shaped = jnp.concatenate([shaped, jnp.where(unscored, jnp.nan, penalty)[:, None]], axis=1)
             weights = jnp.concatenate([weights, jnp.asarray([grpo.overlong_penalty_factor], jnp.float32)])
             metrics["overlong_penalty"] = jnp.mean(penalty) * grpo.overlong_penalty_factor
-        rewards = combine_rewards(shaped, weights)
+        # A control (grpo.reward_control) replaces the reward by one unlinked from the completions.
+        rewards = reward_control(combine_rewards(shaped, weights), scored, jax.random.fold_in(state.rng, 1))
         advantages = compute_advantages(rewards, shaped, weights, group_size, grpo.advantage_estimator,
                                         grpo.scale_rewards, grpo.normalize_rewards_per_function)
 
@@ -288,16 +296,17 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             "clip_ratio_region": jnp.sum(learned.clip_low + learned.clip_high) / tokens,
             "nonfinite_updates": jnp.sum(learned.nonfinite),  # skipped updates (of num_iterations * num_minibatches)
         }
-        metrics.update(reward_metrics(rewards_per_function, reward_names))
-        if accuracy_reward:
-            correct = rewards_per_function[:, reward_names.index(accuracy_reward)] >= 1.0
-            metrics["accuracy"] = jnp.mean(correct)
+        metrics.update(reward_metrics(rewards_per_function[:, :num_rewards], reward_names[:num_rewards]))
+        passed = verdicts(rewards_per_function, reward_names, reward_names[:num_rewards], accuracy_reward)
+        metrics.update(accuracy=jnp.mean(passed["answer"]), accuracy_strict=jnp.mean(passed["strict"]),
+                       accuracy_lenient=jnp.mean(passed["lenient"]), format_rate=jnp.mean(passed["format"]))
         return metrics
 
     def groups_with_spread(rewards_per_function) -> jax.Array:
         """Judged on the reward functions' weighted sum, before shaping (DAPO filters on accuracy)."""
-        rewards = combine_rewards(rewards_per_function, reward_weights)
-        return ~compute_advantages(rewards, rewards_per_function, reward_weights, group_size, grpo.advantage_estimator,
+        scored = rewards_per_function[:, :num_rewards]
+        rewards = combine_rewards(scored, reward_weights)
+        return ~compute_advantages(rewards, scored, reward_weights, group_size, grpo.advantage_estimator,
                                    grpo.scale_rewards, grpo.normalize_rewards_per_function).zero_std
 
     def select_groups(rolls: list[Rollout], scores: list[jax.Array], chosen: jax.Array):

@@ -1,13 +1,16 @@
-"""`rlreason demo`: R1-Zero on a CPU in a few minutes.
+"""`rlreason demo`: R1-Zero on a CPU in a few minutes, with a control run that shows what the true reward buys.
 
-1. pretrain a tiny base model on a synthetic task until it sometimes, not usually, answers right in the R1
-   format; 2. evaluate it on held-out problems; 3. run GRPO with rule-based rewards only; 4. evaluate again;
-5. write summary.json, report.md and plots under the output folder.
+1. pretrain a tiny base model on a synthetic task until it usually writes the R1 format but often gets the answer
+   wrong; 2. evaluate it on held-out problems; 3. run GRPO with rule-based rewards only; 4. run the same GRPO
+   with a reward control (`grpo.reward_control`, default shuffle: the batch's rewards permuted, so they say nothing
+   about the completions); 5. evaluate both; 6. write summary.json, report.md and plots under the output folder.
+Accuracy is reported lenient (the answer right anywhere in the completion) first, then strict (format + answer).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from rlreason.config import Config, save_config
@@ -19,34 +22,56 @@ from rlreason.train.pretrain import pretrain
 from rlreason.train.report import write_report
 
 SHOWN_SAMPLES = 6
+DEFAULT_CONTROL = "shuffle"
 
 
-def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> dict:
+def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True, control: str = DEFAULT_CONTROL) -> dict:
+    """Runs the demo into `out_dir`; `control` is the control run's `grpo.reward_control` ("none": no control
+    run). Returns the summary written to summary.json, with the wall time of each phase (the report's own
+    second or two excluded)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
+    seconds, start = {}, time.perf_counter()
     base_dir = pretrain(cfg, out_dir / "base", show_progress)
     params, model_cfg, tokenizer = load_model(base_dir, run=cfg.model)
     held_out = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
                             cfg.sampling.max_prompt_length)
+    seconds["pretrain"] = time.perf_counter() - start
 
-    base, base_rows = evaluate(params, model_cfg, tokenizer, held_out, cfg, seed=cfg.train.seed)
-    if show_progress:
-        print(f"base model: pass@1 {base['pass@1']:.3f}, format {base['format']:.3f}")
-    rl_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, model_dir=str(base_dir),
-                                                                out_dir=str(out_dir / "grpo")))
-    state, trainer, history = train(rl_cfg, show_progress)
-    trained, trained_rows = evaluate(state.params, model_cfg, tokenizer, held_out, cfg, seed=cfg.train.seed)
-    if show_progress:
-        print(f"after GRPO: pass@1 {trained['pass@1']:.3f}, format {trained['format']:.3f}")
+    def evaluated(label: str, run_params) -> tuple[dict, list[dict]]:
+        begin = time.perf_counter()
+        result, rows = evaluate(run_params, model_cfg, tokenizer, held_out, cfg, seed=cfg.train.seed)
+        seconds[f"eval_{label}"] = time.perf_counter() - begin
+        if show_progress:
+            print(f"{label}: pass@1 lenient {result['pass@1_lenient']:.3f}, strict {result['pass@1_strict']:.3f}, "
+                  f"format {result['format']:.3f}")
+        return result, rows
+
+    def trained(label: str, reward_control: str) -> tuple[dict, list[dict], list[dict]]:
+        begin = time.perf_counter()
+        run_cfg = dataclasses.replace(
+            cfg, grpo=dataclasses.replace(cfg.grpo, reward_control=reward_control),
+            train=dataclasses.replace(cfg.train, model_dir=str(base_dir), out_dir=str(out_dir / label)))
+        state, _, history = train(run_cfg, show_progress)
+        seconds[f"grpo_{label}"] = time.perf_counter() - begin
+        return *evaluated(label, state.params), history
+
+    evaluations, histories = {}, {}
+    evaluations["base"], base_rows = evaluated("base", params)
+    evaluations["rl"], rl_rows, histories["GRPO"] = trained("grpo", cfg.grpo.reward_control)
+    if control != "none":
+        evaluations["control"], _, histories[f"{control} rewards"] = trained("control", control)
     step = max(1, cfg.eval.num_samples)
-    samples = {"base model": base_rows[::step][:SHOWN_SAMPLES], "after GRPO": trained_rows[::step][:SHOWN_SAMPLES]}
+    samples = {"base model": base_rows[::step][:SHOWN_SAMPLES], "after GRPO": rl_rows[::step][:SHOWN_SAMPLES]}
     header = (f"# rlreason demo: GRPO on `{cfg.task.name}` with rule-based rewards "
-              f"({', '.join(reward.name for reward in cfg.grpo.rewards)})")
-    summary = write_report(out_dir, base, trained, history, samples, header)
+              f"({', '.join(f'{reward.name} x{reward.weight:g}' for reward in cfg.grpo.rewards)})")
+    seconds["total"] = time.perf_counter() - start
+    summary = write_report(out_dir, evaluations, histories, samples, header, control,
+                           {phase: round(value, 1) for phase, value in seconds.items()})
     if show_progress:
         print("samples after GRPO (held-out):")
         for row in samples["after GRPO"][:3]:
-            print(f"  {row['question']} ->{row['completion']}  ({'right' if row['correct'] else 'wrong'})")
+            print(f"  {row['question']} ->{row['completion']}  ({'right' if row['lenient'] else 'wrong'})")
         print(f"report: {out_dir / 'report.md'}")
     return summary

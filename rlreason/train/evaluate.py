@@ -1,4 +1,9 @@
-"""Held-out evaluation: k samples per prompt, scored by the verifiers; pass@1, pass@k, maj@k, format rate."""
+"""Held-out evaluation: k samples per prompt, scored by the verifiers; pass@1, pass@k, maj@k, format rate.
+
+Each accuracy comes in three views (`verifiers.lenient.verdicts`): unsuffixed, the accuracy reward alone (the
+answer inside `<answer>` for the R1 tasks); `_strict`, that and the run's format rewards (what the reward pays);
+`_lenient`, the answer right wherever the completion writes it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers import Tokenizer
 from rlreason.verifiers.bridge import detokenize, make_scorer
 from rlreason.verifiers.format import extract_answer
+from rlreason.verifiers.lenient import accuracy_functions, lenient_answer_text, verdicts
+
+
+# The accuracy views (keys of `verifiers.lenient.verdicts`) and the suffix of their summary keys.
+VIEWS = {"answer": "", "strict": "_strict", "lenient": "_lenient"}
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -36,13 +46,15 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
              seed: int = 0) -> tuple[dict, list[dict]]:
     """Samples `eval.num_samples` completions per prompt of `prompts` and scores them.
 
-    Returns (summary with pass@1, pass@k, maj@k, format, mean_length as fractions/tokens; one row per sample).
+    Returns (summary with pass@1, pass@k, maj@k in each view, format, mean_length as fractions/tokens; one row
+    per sample with `correct` (accuracy reward), `strict`, `lenient` and `format`).
     """
     k = cfg.eval.num_samples
     sampling = SamplingParams.from_config(cfg.sampling, temperature=cfg.eval.temperature)
     accuracy_name = cfg.grpo.accuracy_reward
-    scorer = make_scorer(tokenizer, (RewardConfig("r1_format"), RewardConfig(accuracy_name)),
-                         cfg.grpo.verifier_timeout_s)
+    columns = accuracy_functions(accuracy_name)
+    reward_names = [reward.name for reward in cfg.grpo.rewards]
+    scorer = make_scorer(tokenizer, tuple(RewardConfig(name) for name in columns), cfg.grpo.verifier_timeout_s)
 
     @jax.jit
     def sample_and_score(params, batch, rng):
@@ -51,29 +63,36 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
         golds = jax.numpy.repeat(batch["gold_bytes"], k, axis=0)
         return roll, scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
 
-    rows, per_problem = [], []
+    rows, per_problem = [], {view: [] for view in VIEWS}
     for start in range(0, len(prompts), cfg.eval.batch_size):
         rows_here = slice(start, start + cfg.eval.batch_size)
         batch = {"prompt_tokens": prompts.prompt_tokens[rows_here], "prompt_mask": prompts.prompt_mask[rows_here],
                  "gold_bytes": prompts.gold_bytes[rows_here]}
         roll, rewards = jax.device_get(sample_and_score(params, batch, jax.random.key(seed + start)))
+        passed = {view: verdict.tolist()
+                  for view, verdict in verdicts(rewards, columns, reward_names, accuracy_name).items()}
         for index, example in enumerate(prompts.examples[rows_here]):
             samples = range(index * k, (index + 1) * k)
             texts = [detokenize(tokenizer, roll.tokens[i], roll.completion_mask[i]) for i in samples]
-            correct = [bool(rewards[i, 1] >= 1.0) for i in samples]
-            formatted = [bool(rewards[i, 0] >= 1.0) for i in samples]
-            answers = [extract_answer(text) for text in texts]
-            per_problem.append((sum(correct), majority_correct(answers, correct)))
-            rows += [{"question": example.question, "gold": example.answer, "completion": text, "correct": ok,
-                      "format": fmt, "length": int(roll.completion_mask[i].sum())}
-                     for i, text, ok, fmt in zip(samples, texts, correct, formatted)]
-    summary = {
-        "pass@1": float(np.mean([pass_at_k(k, c, 1) for c, _ in per_problem])),
-        f"pass@{k}": float(np.mean([pass_at_k(k, c, k) for c, _ in per_problem])),
-        f"maj@{k}": float(np.mean([maj for _, maj in per_problem])),
+            answers = {"answer": [extract_answer(text) for text in texts]}
+            answers["strict"] = answers["answer"]
+            answers["lenient"] = [lenient_answer_text(text) for text in texts]
+            for view in VIEWS:
+                correct = [passed[view][i] for i in samples]
+                per_problem[view].append((sum(correct), majority_correct(answers[view], correct)))
+            rows += [{"question": example.question, "gold": example.answer, "completion": text,
+                      "correct": passed["answer"][i], "strict": passed["strict"][i], "lenient": passed["lenient"][i],
+                      "format": passed["format"][i], "length": int(roll.completion_mask[i].sum())}
+                     for i, text in zip(samples, texts)]
+    summary = {}
+    for view, suffix in VIEWS.items():
+        summary[f"pass@1{suffix}"] = float(np.mean([pass_at_k(k, c, 1) for c, _ in per_problem[view]]))
+        summary[f"pass@{k}{suffix}"] = float(np.mean([pass_at_k(k, c, k) for c, _ in per_problem[view]]))
+        summary[f"maj@{k}{suffix}"] = float(np.mean([maj for _, maj in per_problem[view]]))
+    summary.update({
         "format": float(np.mean([row["format"] for row in rows])),
         "mean_length": float(np.mean([row["length"] for row in rows])),
-        "num_problems": len(per_problem),
+        "num_problems": len(per_problem["answer"]),
         "samples_per_problem": k,
-    }
+    })
     return summary, rows

@@ -35,7 +35,7 @@ from etils import epath
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from rlreason.config import Config, ConfigError, ModelConfig, save_config
+from rlreason.config import Config, ConfigError, ModelConfig, RewardConfig, save_config
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
 from rlreason.models.store import load_model, load_model_config, load_model_tokenizer, run_model_config, save_model
@@ -56,6 +56,7 @@ from rlreason.train.preemption import SigtermListener, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_tokenizer
 from rlreason.train.writers import open_writers
 from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
+from rlreason.verifiers.lenient import metric_only_functions
 
 SAMPLES_PER_LOG = 4
 TIMING_KEYS = ("step_time_s", "tokens_per_s")  # the metrics that differ between runs computing the same thing
@@ -141,13 +142,16 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         state = initial_state(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=state_layout)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
         lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
+    # Scored after the rewards, for the strict / lenient accuracy metrics only (weight 0, never in the reward).
+    scored = grpo.rewards + tuple(RewardConfig(name, weight=0.0) for name in metric_only_functions(
+        [reward.name for reward in grpo.rewards], grpo.accuracy_reward))
     functions = make_grpo_functions(
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
-        make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
+        make_scorer(tokenizer, scored, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
                     deadline_s=grpo.verifier_batch_deadline_s, memory_limit_mb=grpo.verifier_memory_mb,
                     raise_pool_errors=False),
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-        reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
+        reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
         state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout))
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,

@@ -3,6 +3,9 @@
 The corpus mixes two styles of the same worked solution: a share `pretrain.r1_format_fraction` in the R1
 format (`<think>…</think> <answer>…</answer>`) and the rest in plain prose. Trained briefly, the model
 answers in the R1 format sometimes but not usually, and is often wrong: a base model for R1-Zero-style RL.
+With `pretrain.carry_slip_rate` (addition only), the worked solutions forget each carry with that probability,
+answers following the slips: the base model then writes the format but often adds wrongly, a habit that only a
+reward for right answers can break (a random reward or a format reward cannot).
 The loss covers completion tokens only; prompts are the same rendered template the RL step samples from.
 """
 
@@ -34,6 +37,8 @@ def corpus_texts(cfg: Config, problems: list[synthetic.Problem]) -> list[tuple[s
     pairs = []
     for problem in problems:
         r1 = style_rng.random() < cfg.pretrain.r1_format_fraction
+        if cfg.pretrain.carry_slip_rate:
+            problem = synthetic.with_forgotten_carries(problem, style_rng, cfg.pretrain.carry_slip_rate)
         completion = synthetic.r1_completion(problem) if r1 else synthetic.plain_completion(problem)
         pairs.append((render_prompt(problem.question, cfg.tokenizer.template), completion))
     return pairs
@@ -77,6 +82,9 @@ def next_token_loss(params, tokens: jax.Array, loss_mask: jax.Array, model_cfg) 
 def pretrain(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> Path:
     """Trains a base model from scratch and writes a model directory to `out_dir`; returns its path."""
     settings = cfg.pretrain
+    if settings.carry_slip_rate and cfg.task.name != "addition":
+        raise ValueError(f"pretrain.carry_slip_rate={settings.carry_slip_rate} forgets carries of worked additions, "
+                         f"but task.name={cfg.task.name!r}; set pretrain.carry_slip_rate=0 or task.name=addition")
     problems = synthetic.generate(cfg.task, settings.steps * settings.batch_size, cfg.task.seed)
     pairs = corpus_texts(cfg, problems)
     tokenizer = tokenizer_for(cfg, pairs)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections import Counter
 
 import pytest
 from dataset_files import task_config
 
+from rlreason.config import TaskConfig
 from rlreason.data.examples import task_rows
+from rlreason.data.synthetic import column_addition, generate, with_forgotten_carries
 from rlreason.verifiers import get_reward_fn
 from rlreason.verifiers.countdown import evaluate_expression
 
@@ -42,3 +45,45 @@ def test_countdown_golds_use_every_number_once_and_reach_the_target():
         assert Counter(literals) == Counter(example.metadata["numbers"]), example
         completion = f"<answer>{example.answer}</answer>"
         assert countdown(example.question, completion, example.answer, example.metadata) == 1.0
+
+
+def column_sum_without(a: int, b: int, forgotten: set[int]) -> int:
+    """Reference: a + b column by column, dropping the carries out of the columns in `forgotten` (0: units)."""
+    digits, carry, columns = [], 0, max(len(str(a)), len(str(b)))
+    for column in range(columns):
+        total = (a // 10**column) % 10 + (b // 10**column) % 10 + carry
+        carry = 0 if column in forgotten else total // 10
+        digits.append(total % 10)
+    return sum(digit * 10**column for column, digit in enumerate(digits)) + carry * 10**columns
+
+
+def test_forgotten_carries_give_the_answer_that_the_slipped_steps_give():
+    assert column_addition(47, 85) == ("7+5=12 carry 1, 4+8+1=13 carry 1, so 132", "132")
+    assert column_addition(47, 85, forget_carry=lambda: True) == ("7+5=12, 4+8=12, so 22", "22")
+    forget_last = iter([False, True])
+    assert column_addition(47, 85, forget_carry=lambda: next(forget_last)) == ("7+5=12 carry 1, 4+8+1=13, so 32", "32")
+    rng = random.Random(0)
+    for _ in range(300):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        solution, result = column_addition(a, b, forget_carry=lambda: rng.random() < 0.5)
+        forgotten = {column for column, step in enumerate(solution.split(", ")[:-1])
+                     if int(step.split("=")[1].split()[0]) >= 10 and "carry" not in step}
+        assert int(result) == column_sum_without(a, b, forgotten), (a, b, solution)
+        assert solution.endswith(f"so {result}")
+
+
+def test_a_slip_rate_forgets_that_share_of_carries():
+    problems = generate(TaskConfig(min_digits=2, max_digits=2), 4000, seed=0)
+    rng = random.Random(1)
+    assert [with_forgotten_carries(p, rng, 0.0) for p in problems[:200]] == problems[:200]
+    for problem in problems[:200]:
+        a, b = problem.operands
+        assert with_forgotten_carries(problem, rng, 1.0).answer == str(column_sum_without(a, b, {0, 1}))
+    # One digit: at most one carry; at rate 0.8 a problem that carries is right 20% of the time, the others always.
+    problems = generate(TaskConfig(min_digits=1, max_digits=1), 4000, seed=0)
+    right = sum(with_forgotten_carries(p, rng, 0.8).answer == p.answer for p in problems) / len(problems)
+    share_carrying = sum(p.operands[0] + p.operands[1] >= 10 for p in problems) / len(problems)
+    expected = 1 - 0.8 * share_carrying
+    assert abs(right - expected) < 4 * (expected * (1 - expected) / len(problems)) ** 0.5
+    with pytest.raises(ValueError, match="need an addition problem"):
+        with_forgotten_carries(generate(TaskConfig(name="countdown"), 1, seed=0)[0], rng, 0.5)

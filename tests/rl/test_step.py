@@ -93,7 +93,8 @@ def test_several_updates_per_batch_move_off_policy_clip_and_track_kl(tiny_base_m
     # The first update is on-policy (ratio ~1, nothing clipped): clipping comes from the later ones.
     assert metrics["clip_ratio_region"] > 0
     for key in ("clip_ratio_low", "clip_ratio_high", "entropy", "learning_rate", "frac_reward_zero_std",
-                "rewards/r1_format", "rewards/exact_answer", "accuracy", "completion_length", "clipped_ratio"):
+                "rewards/r1_format", "rewards/exact_answer", "accuracy", "accuracy_strict", "accuracy_lenient",
+                "format_rate", "completion_length", "clipped_ratio"):
         assert np.isfinite(metrics[key]), key
 
 
