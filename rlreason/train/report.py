@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 # (metric key in metrics.jsonl, plot title)
 CURVES = (("reward", "reward (what the run trains on)"),
@@ -47,7 +44,9 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[str]:
         runs = {label: history for label, history in histories.items() if history and key in history[0]}
         if not runs:
             continue
-        figure, axis = plt.subplots(figsize=(5, 3.2), dpi=100)
+        # A Figure of its own, not pyplot's: no GUI backend is needed, and a notebook's backend is left alone.
+        figure = Figure(figsize=(5, 3.2), dpi=100)
+        axis = figure.subplots()
         for color, (label, history) in zip(("C0", "C1", "C2"), runs.items()):
             steps, values = [row["step"] for row in history], [row[key] for row in history]
             axis.plot(steps, values, linewidth=1, alpha=0.3, color=color)
@@ -60,7 +59,6 @@ def plot_curves(histories: dict[str, list[dict]], out_dir: Path) -> list[str]:
         figure.tight_layout()
         name = f"{key}.png"
         figure.savefig(out_dir / name)
-        plt.close(figure)
         names.append(name)
     return names
 
