@@ -1,5 +1,7 @@
 """The sampler against full forward passes: the log-probs GRPO relies on, greedy decoding, reproducibility."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,18 @@ def test_a_group_shares_its_prompts_prefill(setup):
     recomputed = completion_logprobs(params, shared.prompt_tokens, shared.prompt_mask, shared.tokens, CFG, 1.0)
     np.testing.assert_allclose(np.asarray(recomputed) * np.asarray(shared.completion_mask), shared.logprobs,
                                atol=2e-5)
+
+
+def test_bfloat16_sampled_logprobs_equal_full_forward_logprobs(setup):
+    """In bfloat16 compute the cached decode and the full forward pass may round differently. bfloat16 keeps 8
+    significant bits (unit roundoff u = 2^-8); each layer's output carries O(u) relative error, so the logits
+    (of magnitude up to about 4 here) differ by a few u times that, and a log-prob by about twice the logits'
+    difference: atol 16 * u * 4 = 0.25 bounds it, while a wrong cache position or mask moves log-probs by O(1)."""
+    params, tokens, mask, stops = setup
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    roll = generate_jit(params, tokens, mask, stops, jax.random.key(3), cfg=cfg,
+                        sampling=SamplingParams(max_new_tokens=12, temperature=1.0))
+    recomputed = completion_logprobs(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, cfg, 1.0)
+    completion_mask = np.asarray(roll.completion_mask)
+    assert completion_mask.sum() > 12
+    np.testing.assert_allclose(np.asarray(recomputed) * completion_mask, roll.logprobs, atol=16 * 2.0**-8 * 4)
