@@ -7,6 +7,7 @@ import math
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from rlreason.config import Config, ModelConfig, RewardConfig
 from rlreason.data.encoding import PromptSet
@@ -33,8 +34,9 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
 
 
 def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: PromptSet, cfg: Config,
-             seed: int = 0) -> tuple[dict, list[dict]]:
-    """Samples `eval.num_samples` completions per prompt of `prompts` and scores them.
+             seed: int = 0, show_progress: bool = False) -> tuple[dict, list[dict]]:
+    """Samples `eval.num_samples` completions per prompt of `prompts` and scores them; `show_progress`: a
+    progress bar over the problems on stderr when it is a terminal.
 
     Returns (summary with pass@1, pass@k, maj@k, format, mean_length as fractions/tokens; one row per sample).
     """
@@ -52,6 +54,8 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
         return roll, scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
 
     rows, per_problem = [], []
+    bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=None if show_progress else True,
+               dynamic_ncols=True)
     for start in range(0, len(prompts), cfg.eval.batch_size):
         rows_here = slice(start, start + cfg.eval.batch_size)
         batch = {"prompt_tokens": prompts.prompt_tokens[rows_here], "prompt_mask": prompts.prompt_mask[rows_here],
@@ -67,6 +71,8 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
             rows += [{"question": example.question, "gold": example.answer, "completion": text, "correct": ok,
                       "format": fmt, "length": int(roll.completion_mask[i].sum())}
                      for i, text, ok, fmt in zip(samples, texts, correct, formatted)]
+        bar.update(len(prompts.examples[rows_here]))
+    bar.close()
     summary = {
         "pass@1": float(np.mean([pass_at_k(k, c, 1) for c, _ in per_problem])),
         f"pass@{k}": float(np.mean([pass_at_k(k, c, k) for c, _ in per_problem])),
