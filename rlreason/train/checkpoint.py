@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -131,6 +132,41 @@ def _first_line(error: BaseException) -> str:
     return text if len(text) <= QUOTED_ERROR_CHARS else text[:QUOTED_ERROR_CHARS] + "..."
 
 
+def _aftermath_of_a_failed_restore(unraisable) -> bool:
+    """Whether an exception Python could not raise anywhere comes from the array reads that a failed orbax
+    restore abandons: their coroutines, closed unfinished, and TensorStore's completions of them, which find
+    orbax's event loop already closed."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+class _AbandonedOrbaxTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's reads left behind by a failed restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+def _quiet_the_aftermath_of_failed_restores() -> None:
+    """A failed restore leaves orbax's other array reads behind, and each would print a traceback (as an
+    unraisable exception, or through asyncio's logger) during and after the run's error message, which already
+    says what went wrong. Drops those, and only those, from then on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_restores", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _aftermath_of_a_failed_restore(unraisable):
+            previous(unraisable)
+
+    hook.drops_failed_restores = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AbandonedOrbaxTasks())
+
+
 class RunCheckpoints:
     """The checkpoints of one run (see the module docstring). Every process of the run makes one and calls
     `save` and `restore` at the same steps: both are collective."""
@@ -190,6 +226,7 @@ class RunCheckpoints:
                     config=ocp.args.JsonRestore()))
                 problem = None
             except Exception as error:  # noqa: BLE001 - whatever fails to read makes this checkpoint unusable
+                _quiet_the_aftermath_of_failed_restores()
                 problem = self._diagnose(step, target) or _first_line(error)
             if any_process([problem is not None])[0]:
                 failures.append((step, problem or "it failed to restore on another process"))

@@ -40,7 +40,6 @@ def run_eval(cfg: Config, model_dir: str, show_progress: bool = True) -> None:
                            cfg.sampling.max_prompt_length)
     summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed,
                           show_progress=show_progress)
-    print(json.dumps(summary, indent=2))
     print(f"eval: model {model_dir} on {summary['num_problems']} held-out problems of task {cfg.task.name!r}, "
-          f"{summary['samples_per_problem']} samples each: pass@1 {summary['pass@1']:.3f}, format "
-          f"{summary['format']:.3f}")
+          f"{summary['samples_per_problem']} samples each:")
+    print(json.dumps(summary, indent=2))
