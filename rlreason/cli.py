@@ -130,8 +130,8 @@ def _run(args: argparse.Namespace, cfg, argv: list[str] | None) -> int:
             return stop.exit_code
         if is_main_process():
             out_dir = Path(cfg.train.out_dir)
-            print(f"train: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics {out_dir / 'metrics.jsonl'}; "
-                  f"samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
+            print(f"train: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
+                  f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 

@@ -85,7 +85,8 @@ def run(*overrides: str | Callable[[Inputs], str], resume: bool = False) -> Prep
         resolved = [item(inputs) if callable(item) else item for item in overrides]
         settings = [f"train.model_dir={inputs.model}", f"train.out_dir={out_dir}", *resolved]
         cfg = tiny_config(*settings)
-        return Attempt(lambda: train(cfg, show_progress=False), ["train", CONFIG, *TINY_OVERRIDES, *settings, "--quiet"])
+        return Attempt(lambda: train(cfg, show_progress=False),
+                       ["train", CONFIG, *TINY_OVERRIDES, *settings, "--quiet"])
     return in_child(prepare)
 
 
