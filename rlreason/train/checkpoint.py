@@ -185,6 +185,7 @@ class RunCheckpoints:
                                                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         if cfg.checkpoint.resume == "required" and not self.steps:
+            self._manager.close()  # no `with` block will: its background threads would outlive the error
             raise CheckpointError(f"checkpoint.resume=required, but {str(self.directory)!r} holds no checkpoint; "
                                   f"set checkpoint.dir (or train.out_dir) to the run to resume, or "
                                   f"checkpoint.resume=auto to start a new run")

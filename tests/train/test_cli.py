@@ -96,3 +96,24 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
         assert figures[key] > 0, key
     assert figures["params_bytes_per_device"] > 0
     assert "split: sampling" in result.stdout
+
+
+def test_pretrain_with_options_before_the_overrides_ends_with_where_the_model_went(tmp_path, capsys):
+    from tiny_run import TINY_OVERRIDES
+
+    out = tmp_path / "base"
+    assert main(["pretrain", "configs/demo_cpu.yaml", "--out", str(out), *TINY_OVERRIDES, "pretrain.steps=2",
+                 "--quiet"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("pretrain: 2 steps in") and summary.endswith(f"model written to {out}")
+    assert (out / "model.yaml").is_file()
+
+
+def test_bench_says_it_times_random_weights_without_a_model_dir(capsys):
+    from tiny_run import TINY_OVERRIDES
+
+    # The mesh error stops it before anything compiles, after the note.
+    assert main(["bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "train.model_dir=", "mesh.data=3"]) == 2
+    captured = capsys.readouterr()
+    assert "train.model_dir is empty, so this times a randomly initialised model" in captured.out
+    assert "rlreason bench: error: config keys mesh.data=3" in captured.err
