@@ -152,8 +152,11 @@ class _AbandonedOrbaxTasks(logging.Filter):
 
 def _quiet_the_aftermath_of_failed_restores() -> None:
     """A failed restore leaves orbax's other array reads behind, and each would print a traceback (as an
-    unraisable exception, or through asyncio's logger) during and after the run's error message, which already
-    says what went wrong. Drops those, and only those, from then on."""
+    unraisable exception, or through asyncio's logger) before, during and after the run's error message, which
+    already says what went wrong. Drops those, and only those, from then on."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(existing, _AbandonedOrbaxTasks) for existing in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
     previous = sys.unraisablehook
     if getattr(previous, "drops_failed_restores", False):
         return
@@ -164,7 +167,6 @@ def _quiet_the_aftermath_of_failed_restores() -> None:
 
     hook.drops_failed_restores = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_AbandonedOrbaxTasks())
 
 
 class RunCheckpoints:
@@ -218,6 +220,8 @@ class RunCheckpoints:
         """The newest checkpoint that every process can restore, into arrays laid out like `abstract_state`
         (jax.ShapeDtypeStruct leaves with shardings), and `batches` moved to its position. Newer checkpoints that
         fail are moved aside with a warning; when none restores, raises CheckpointError and moves nothing."""
+        # Before the first attempt: the aftermath of a failure begins before its error reaches this frame.
+        _quiet_the_aftermath_of_failed_restores()
         target = abstract_storable(abstract_state)
         failures: list[tuple[int, str]] = []
         for step in reversed(self.steps):
@@ -227,7 +231,6 @@ class RunCheckpoints:
                     config=ocp.args.JsonRestore()))
                 problem = None
             except Exception as error:  # noqa: BLE001 - whatever fails to read makes this checkpoint unusable
-                _quiet_the_aftermath_of_failed_restores()
                 problem = self._diagnose(step, target) or _first_line(error)
             if any_process([problem is not None])[0]:
                 failures.append((step, problem or "it failed to restore on another process"))
