@@ -117,3 +117,17 @@ def test_bench_says_it_times_random_weights_without_a_model_dir(capsys):
     captured = capsys.readouterr()
     assert "train.model_dir is empty, so this times a randomly initialised model" in captured.out
     assert "rlreason bench: error: config keys mesh.data=3" in captured.err
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["convert", "{tmp}/missing", "{tmp}/out"],
+     "rlreason convert: error: '{tmp}/missing' is neither a Hugging Face model directory nor a .gguf file"),
+    (["eval", "configs/demo_cpu.yaml", "--model", "{tmp}/missing"],
+     "rlreason eval: error: '{tmp}/missing/model.yaml' does not exist"),
+    (["sample", "configs/demo_cpu.yaml", "--model", "{tmp}/missing", "--prompt", "What is 1+1?"],
+     "rlreason sample: error: '{tmp}/missing/model.yaml' does not exist"),
+])
+def test_model_directory_commands_refuse_a_missing_source_with_exit_2(arguments, says, tmp_path, capsys):
+    assert main([argument.format(tmp=tmp_path) for argument in arguments]) == 2
+    assert says.format(tmp=tmp_path) in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "a refused command left files behind"
