@@ -230,6 +230,9 @@ CASES = [
       "set task.on_bad_row=skip to train without them"]),
     ("data row without the question", run(*jsonl_task('{"problem": "What is 9+9?", "answer": "18"}')), BadRowsError,
      ["train.jsonl:5: has no field 'question' (task.prompt_field)"]),
+    ("prompts longer than sampling.max_prompt_length", run("sampling.max_prompt_length=4"), BadRowsError,
+     ["malformed row(s) in the train split of task 'addition'", "prompt is", "tokens with template 'r1_short', "
+      "more than sampling.max_prompt_length=4 (raise it, or shorten the question)"]),
     ("unknown best metric", run("checkpoint.keep_best=1", "checkpoint.best_metric=rewardz"), ConfigError,
      ["config key 'checkpoint.best_metric' got 'rewardz', which is not a metric of the step",
       "choose one of", "reward"]),
