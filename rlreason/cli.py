@@ -90,9 +90,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, str, list[str]]:
     return args, settings[0], settings[1:]
 
 
-def _resume_command(argv: list[str] | None) -> str:
-    """The command line to run again: the process's own, or `rlreason ARGV` when main() was given its args."""
-    return shlex.join(sys.orig_argv if argv is None else ["rlreason", *argv])
+def _resume_command(arguments: list[str]) -> str:
+    """The command line that resumes: this process's own when it ran as `python -m rlreason`, else `rlreason`
+    with the same arguments."""
+    if sys.argv[0].endswith("__main__.py") and sys.argv[1:] == arguments:
+        return shlex.join(sys.orig_argv)
+    return shlex.join(["rlreason", *arguments])
 
 
 def _exit_now_if_distributed(code: int) -> int:
@@ -106,7 +109,7 @@ def _exit_now_if_distributed(code: int) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, cfg, argv: list[str] | None) -> int:
+def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
     show_progress = not args.quiet
     if args.command == "demo":
         from rlreason.train.demo import run_demo
@@ -126,7 +129,7 @@ def _run(args: argparse.Namespace, cfg, argv: list[str] | None) -> int:
         try:
             train(cfg, show_progress)
         except RunStopped as stop:  # saved and stopped early (a stop signal, non-finite steps): its own exit code
-            print(f"rlreason train: {stop}\nto resume: {_resume_command(argv)}", file=sys.stderr)
+            print(f"rlreason train: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
             return stop.exit_code
         if is_main_process():
             out_dir = Path(cfg.train.out_dir)
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = overrides + ["train.split_step=true"]
         from rlreason.config import load_config
 
-        return _run(args, load_config(config_path, overrides), argv)
+        return _run(args, load_config(config_path, overrides), arguments)
     except KeyboardInterrupt:
         print(f"\nrlreason {command}: interrupted", file=sys.stderr)
         return _exit_now_if_distributed(130)
