@@ -187,7 +187,7 @@ class RunCheckpoints:
                                                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         if cfg.checkpoint.resume == "required" and not self.steps:
-            self._manager.close()  # no `with` block will: its background threads would outlive the error
+            self.close()  # no `with` block will: its background threads would outlive the error
             raise CheckpointError(f"checkpoint.resume=required, but {str(self.directory)!r} holds no checkpoint; "
                                   f"set checkpoint.dir (or train.out_dir) to the run to resume, or "
                                   f"checkpoint.resume=auto to start a new run")
@@ -275,7 +275,11 @@ class RunCheckpoints:
             self._manager.reload()
 
     def close(self) -> None:
-        """Waits for the save in flight, if any, to be complete on disk."""
+        """Waits for the save in flight, if any, to be complete on disk, and for orbax's removal of unfinished
+        saves of earlier runs, which it starts in the background when the manager is made and which its own
+        close() does not wait for: a run refused at once would exit under it, and it would print errors (a
+        directory gone, or "cannot schedule new futures after interpreter shutdown")."""
+        self._manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001 - no public way to wait for it
         self._manager.close()
 
     def __enter__(self) -> RunCheckpoints:
