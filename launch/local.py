@@ -1,6 +1,11 @@
 """Run N processes on this machine as one multi-process JAX job: the CPU stand-in for a multi-host slice.
 
+    rlreason pretrain configs/cpu_8dev.yaml --out runs/cpu_8dev/base    # the base model the config starts from
     python launch/local.py --num-processes 2 --devices-per-process 4 configs/cpu_8dev.yaml train.steps=10
+
+Before any process starts, the config (with the launcher's overrides) is loaded and checked as training checks
+it (launch/checks.py): unknown keys, the mesh against the N x D devices, the batch split, the model directory
+and the data. A failed check prints one line and exits with code 2.
 
 Process i runs `python -m rlreason train CONFIG key=value...` (or --program instead of `rlreason train`) with
 distributed.mode=manual, distributed.coordinator_address=127.0.0.1:PORT, distributed.num_processes=N,
@@ -21,7 +26,10 @@ import sys
 import threading
 import time
 
+from checks import Devices, check_run, guarded, report
 from steps import Step, render, train_command
+
+from rlreason.config import load_config
 
 TIMEOUT_EXIT_CODE = 124
 STOP_GRACE_S = 5.0
@@ -36,12 +44,15 @@ def free_port() -> int:
 def process_commands(args: argparse.Namespace, port: int) -> list[list[str]]:
     """The argv of each process."""
     program = shlex.split(args.program) if args.program else [sys.executable, "-m", "rlreason", "train"]
-    return [train_command(args.config, args.overrides, [
-        "distributed.mode=manual", f"distributed.coordinator_address=127.0.0.1:{port}",
-        f"distributed.num_processes={args.num_processes}", f"distributed.process_id={process_id}",
-        f"distributed.local_device_count={args.devices_per_process}",
-        f"distributed.heartbeat_timeout_s={args.heartbeat_timeout}"], program)
-        for process_id in range(args.num_processes)]
+    return [train_command(args.config, args.overrides, distributed_overrides(args, port, process_id), program)
+            for process_id in range(args.num_processes)]
+
+
+def distributed_overrides(args: argparse.Namespace, port: int, process_id: int) -> list[str]:
+    return ["distributed.mode=manual", f"distributed.coordinator_address=127.0.0.1:{port}",
+            f"distributed.num_processes={args.num_processes}", f"distributed.process_id={process_id}",
+            f"distributed.local_device_count={args.devices_per_process}",
+            f"distributed.heartbeat_timeout_s={args.heartbeat_timeout}"]
 
 
 def _stream(process: subprocess.Popen, prefix: str) -> None:
@@ -106,12 +117,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
-    arguments = parse_args(sys.argv[1:])
-    commands = process_commands(arguments, arguments.port or free_port())
-    if arguments.dry_run:
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    port = args.port or free_port()
+    cfg = load_config(args.config, [*args.overrides, *distributed_overrides(args, port, 0)])
+    devices = args.num_processes * args.devices_per_process
+    report(check_run(cfg, Devices(devices, 0, f"{args.num_processes} processes x {args.devices_per_process} CPU "
+                                              f"devices = {devices} devices"), trains=not args.program))
+    commands = process_commands(args, port)
+    if args.dry_run:
         steps = [Step(f"process {index} of {len(commands)}", f"JAX_PLATFORMS=cpu {shlex.join(command)} &")
                  for index, command in enumerate(commands)]
         print(render([*steps, Step("wait for all of them", "wait")]))
-        sys.exit(0)
-    sys.exit(run_processes(commands, arguments.timeout))
+        return 0
+    return run_processes(commands, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main, sys.argv[1:]))

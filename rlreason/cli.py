@@ -14,7 +14,6 @@ import argparse
 import os
 import shlex
 import sys
-from pathlib import Path
 
 COMMANDS = {
     "demo": "pretrain a tiny base model, evaluate it, run GRPO, evaluate again, write a report (--out DIR)",
@@ -123,6 +122,7 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         pretrain(cfg, args.out, show_progress)
     elif args.command == "train":
         from rlreason.parallel.distributed import is_main_process
+        from rlreason.storage import storage_path
         from rlreason.train.checkpoint import checkpoint_dir
         from rlreason.train.loop import RunStopped, train
 
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
             print(f"rlreason train: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
             return stop.exit_code
         if is_main_process():
-            out_dir = Path(cfg.train.out_dir)
+            out_dir = storage_path(cfg.train.out_dir)
             print(f"train: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
                   f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
     elif args.command == "eval":

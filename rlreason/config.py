@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from etils import epath
 
 
 class ConfigError(ValueError):
@@ -43,7 +44,7 @@ class ModelConfig:
     num_kv_heads: int = 2
     head_dim: int = 32
     intermediate_size: int = 384
-    hidden_act: Literal["silu", "gelu_tanh"] = "silu"
+    hidden_act: Literal["silu", "gelu", "gelu_tanh"] = "silu"  # gelu: exact (erf); gelu_tanh: tanh approximation
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     # Gemma stores RMSNorm scales as (scale - 1): the norm multiplies by (1 + w).
@@ -59,10 +60,19 @@ class ModelConfig:
     sliding_window: int = 0  # 0: every layer attends globally
     sliding_window_pattern: int = 0  # every n-th layer (n-1, 2n-1, ...) is global; 0: all layers windowed
     max_position_embeddings: int = 2048
+    # Run-time settings: how a run computes, not what the model is. A run from a model directory takes the
+    # architecture stored there and these from its own config (rlreason.models.store.run_model_config).
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights (and so Adam's state and gradients)
     scan_layers: bool = True
     remat: bool = False  # recompute layer activations in the backward pass to save memory
+    remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = "nothing_saveable"
+    # Completion positions whose [rows, positions, vocab] logits exist at once when log-probs and entropies are
+    # taken (update, reference pass); the backward pass recomputes each chunk. 0: the whole completion at once.
+    logprob_chunk_size: int = 0
+    # einsum: the portable path; xla / cudnn: jax.nn.dot_product_attention with that implementation (cudnn is
+    # flash attention on NVIDIA GPUs). Not with attn_logit_softcap, which dot_product_attention cannot apply.
+    attention: Literal["einsum", "xla", "cudnn"] = "einsum"
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -70,9 +80,20 @@ class ModelConfig:
                  f"must be <= num_heads ({self.num_heads}), got {self.num_kv_heads}")
         _require(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads",
                  f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+        _require(self.attention == "einsum" or self.attn_logit_softcap == 0, f"{path}.attention",
+                 f"must be 'einsum' for a model with attention logit soft-capping (attn_logit_softcap="
+                 f"{self.attn_logit_softcap}), got {self.attention!r}")
+        _require(self.logprob_chunk_size >= 0, f"{path}.logprob_chunk_size",
+                 f"must be >= 0 (0: no chunks), got {self.logprob_chunk_size}")
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
                     "intermediate_size"):
             _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+# ModelConfig fields that say how a run computes rather than what the model is: a run from a model directory takes
+# them from its own config, everything else from the directory.
+MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "logprob_chunk_size", "attention",
+                      "init_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +174,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.99
+    # Adam's epsilon. It bounds how far float noise in a near-zero gradient component moves its param: the first
+    # update is lr * g / (|g| + eps), whose sensitivity to g is at most lr / eps.
+    eps: float = 1e-8
     max_grad_norm: float = 1.0
+
+    def validate(self, path: str) -> None:
+        _require(self.eps > 0, f"{path}.eps", f"must be > 0, got {self.eps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,22 +202,61 @@ class RewardConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO-family knobs, named as in TRL / Tunix so that results compare."""
+    """GRPO-family knobs, named as in TRL / Tunix / verl so that results compare (docs/algorithms.md).
+
+    The variant names (advantage_estimator, scale_rewards, policy_loss, importance_sampling_level, kl_estimator,
+    loss_type, off_policy_correction) are the keys of the registries in rlreason.rl; tests/rl/test_registries.py
+    checks that each Literal below lists exactly its registry's keys.
+    """
 
     num_generations: int = 8
     num_iterations: int = 1
     num_minibatches: int = 1  # optimizer updates per pass over the generation batch
     gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
-    beta: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    epsilon: float = 0.2
-    epsilon_high: float = 0.0  # 0 means equal to epsilon
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    # Rewards -> advantages (rlreason.rl.advantages)
+    advantage_estimator: Literal["grpo", "rloo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
+    normalize_rewards_per_function: bool = False  # GDPO: each function's advantage apart, then the weighted sum
+    # DAPO dynamic sampling of groups whose rewards are all equal: zero_weight keeps shapes and gives them no loss
+    # (prime-rl); refill drops them and samples more prompts, at most max_sampling_draws batches per step.
+    dynamic_sampling: Literal["none", "zero_weight", "refill"] = "none"
+    max_sampling_draws: int = 4
+    # DAPO soft overlong punishment, in tokens: the last overlong_buffer_length tokens before
+    # sampling.max_completion_length cost up to overlong_penalty_factor of reward; 0 disables.
+    overlong_buffer_length: int = 0
+    overlong_penalty_factor: float = 1.0
     mask_truncated_completions: bool = False
+    # The per-token loss (rlreason.rl.losses)
+    policy_loss: Literal["ppo_clip", "cispo", "dppo_tv", "dppo_kl"] = "ppo_clip"
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = "token"
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0 means equal to epsilon; CISPO's cap on the ratio (e.g. 5.0)
+    dual_clip_c: float = 0.0  # ppo_clip: cap the loss of a negative-advantage token at c * |A| (c > 1); 0: off
+    dppo_delta: float = 0.2  # dppo_tv: bound on |p - p_old|; dppo_kl: bound on the binary KL
+    beta: float = 0.0  # 0: no KL term and no reference model kept
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = 0.0  # entropy bonus: -entropy_coef * H per token
+    top_entropy_quantile: float = 1.0  # train only on this fraction of tokens, the highest-entropy ones
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    # Off-policy correction (rlreason.rl.off_policy): recompute pi_old with the trainer (one forward pass) and
+    # correct for the sampler's log-probs by truncated (cap) or masked ([mask_low, mask_high]) importance sampling.
+    recompute_old_logprobs: bool = False
+    off_policy_correction: Literal["none", "token_truncate", "sequence_truncate", "token_mask",
+                                   "sequence_mask"] = "none"
+    off_policy_cap: float = 2.0
+    off_policy_mask_low: float = 0.99
+    off_policy_mask_high: float = 1.01
+    rollout_dtype: Literal["model", "float32", "bfloat16"] = "model"  # compute dtype of sampling only
+    # Reference policy: frozen, or (sync_ref_model) every ref_model_sync_steps steps
+    # ref <- alpha * policy + (1 - alpha) * ref (TRL's names and defaults).
+    sync_ref_model: bool = False
+    ref_model_mixup_alpha: float = 0.6
+    ref_model_sync_steps: int = 512
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
-    verifier_timeout_s: float = 5.0
+    verifier_timeout_s: float = 5.0  # wall-clock limit of one isolated verifier call (math_equiv)
+    verifier_batch_deadline_s: float = 2.0  # all isolated calls of one device's rows in a step; late ones score 0
+    verifier_memory_mb: int = 1024  # address-space cap of each verifier worker process (RLIMIT_AS)
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
 
     def validate(self, path: str) -> None:
@@ -200,7 +266,45 @@ class GRPOConfig:
         _require(self.num_minibatches >= 1, f"{path}.num_minibatches", "must be >= 1")
         _require(self.gradient_accumulation_steps >= 1, f"{path}.gradient_accumulation_steps", "must be >= 1")
         _require(self.beta >= 0, f"{path}.beta", f"must be >= 0, got {self.beta}")
+        _require(self.epsilon > 0, f"{path}.epsilon", f"must be > 0, got {self.epsilon}")
+        _require(self.epsilon_high >= 0, f"{path}.epsilon_high",
+                 f"must be >= 0 (0: equal to epsilon), got {self.epsilon_high}")
+        _require(self.policy_loss != "cispo" or (self.epsilon_high or self.epsilon) > 1, f"{path}.epsilon_high",
+                 f"is CISPO's cap on the ratio and must be > 1 (e.g. 5.0) with {path}.policy_loss='cispo', got "
+                 f"{self.epsilon_high or self.epsilon}")
+        _require(self.dual_clip_c == 0 or self.dual_clip_c > 1, f"{path}.dual_clip_c",
+                 f"must be 0 (off) or > 1 (e.g. 3.0), got {self.dual_clip_c}")
+        _require(self.dual_clip_c == 0 or self.policy_loss == "ppo_clip", f"{path}.dual_clip_c",
+                 f"applies to {path}.policy_loss='ppo_clip' only, got policy_loss={self.policy_loss!r}")
+        _require(self.dppo_delta > 0, f"{path}.dppo_delta", f"must be > 0, got {self.dppo_delta}")
+        _require(self.entropy_coef >= 0, f"{path}.entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        _require(0 < self.top_entropy_quantile <= 1, f"{path}.top_entropy_quantile",
+                 f"must be in (0, 1], got {self.top_entropy_quantile}")
+        _require(self.top_entropy_quantile == 1 or self.recompute_old_logprobs, f"{path}.top_entropy_quantile",
+                 f"< 1 ranks tokens by the entropy of the trainer's forward pass over the batch: set "
+                 f"{path}.recompute_old_logprobs=true")
+        _require(self.off_policy_correction == "none" or self.recompute_old_logprobs, f"{path}.off_policy_correction",
+                 f"compares the sampler's log-probs with the trainer's: set {path}.recompute_old_logprobs=true")
+        _require(self.off_policy_cap >= 1, f"{path}.off_policy_cap", f"must be >= 1, got {self.off_policy_cap}")
+        _require(self.off_policy_mask_low < 1 < self.off_policy_mask_high, f"{path}.off_policy_mask_low",
+                 f"and off_policy_mask_high must bracket 1, got [{self.off_policy_mask_low}, "
+                 f"{self.off_policy_mask_high}]")
+        _require(self.max_sampling_draws >= 1, f"{path}.max_sampling_draws", "must be >= 1")
+        _require(self.overlong_buffer_length >= 0, f"{path}.overlong_buffer_length",
+                 f"must be >= 0, got {self.overlong_buffer_length}")
+        _require(self.overlong_penalty_factor >= 0, f"{path}.overlong_penalty_factor",
+                 f"must be >= 0, got {self.overlong_penalty_factor}")
+        _require(0 <= self.ref_model_mixup_alpha <= 1, f"{path}.ref_model_mixup_alpha",
+                 f"must be in [0, 1], got {self.ref_model_mixup_alpha}")
+        _require(self.ref_model_sync_steps >= 1, f"{path}.ref_model_sync_steps", "must be >= 1")
+        _require(not self.sync_ref_model or self.beta > 0, f"{path}.sync_ref_model",
+                 f"needs a reference model, which is kept only when {path}.beta > 0")
         _require(len(self.rewards) > 0, f"{path}.rewards", "needs at least one reward function")
+        for key in ("verifier_timeout_s", "verifier_batch_deadline_s"):
+            _require(getattr(self, key) > 0, f"{path}.{key}", f"must be > 0 seconds, got {getattr(self, key)}")
+        _require(self.verifier_memory_mb >= 512, f"{path}.verifier_memory_mb",
+                 f"must be >= 512 (a worker needs about 220 MiB of address space for sympy alone), got "
+                 f"{self.verifier_memory_mb}")
         names = [reward.name for reward in self.rewards]
         _require(self.accuracy_reward in names, f"{path}.accuracy_reward",
                  f"must name one of {path}.rewards ({', '.join(names)}), got {self.accuracy_reward!r}")
@@ -278,6 +382,11 @@ class TrainConfig:
     out_dir: str = "runs/default"
     # Steps in a row whose loss or gradient norm is NaN/Inf (their updates are skipped) before the run stops.
     max_nonfinite_steps: int = 10
+    # Where metrics and sample tables go besides metrics.jsonl / samples.jsonl (rlreason.train.writers):
+    # TensorBoard event files in <out_dir>/tensorboard, a Weights & Biases run in <out_dir>/wandb.
+    report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
+    wandb_project: str = "rlreason"
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: synced later with `wandb sync`
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size", "max_nonfinite_steps"):
@@ -345,6 +454,9 @@ class Config:
         _require(update_rows % self.grpo.gradient_accumulation_steps == 0, "grpo.gradient_accumulation_steps",
                  f"must divide the {update_rows} rows of each update (train.batch_size * grpo.num_generations / "
                  f"grpo.num_minibatches), got {self.grpo.gradient_accumulation_steps}")
+        _require(self.grpo.overlong_buffer_length < self.sampling.max_completion_length, "grpo.overlong_buffer_length",
+                 f"must be < sampling.max_completion_length ({self.sampling.max_completion_length}), got "
+                 f"{self.grpo.overlong_buffer_length}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,4 +623,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Writes the config as YAML to `path`: a local path or an etils.epath.Path, gs:// included."""
+    epath.Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

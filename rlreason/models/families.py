@@ -25,8 +25,8 @@ class Family:
     activation_key: the config.json key holding the MLP activation.
     tied_by_default: `tie_word_embeddings` when config.json leaves it out (the transformers class default).
     bias_key: config.json key that turns on q/k/v biases, or None when the family fixes them by `features`.
-    plain_gelu_is_tanh: Gemma checkpoints that say "gelu" were trained with the tanh approximation, and
-        transformers runs them with it; elsewhere "gelu" is the exact one, which the model lacks.
+    plain_gelu_is_tanh: Gemma 1 checkpoints that say "gelu" were trained with the tanh approximation, and
+        transformers runs them with it; elsewhere (Gemma 2 included) "gelu" is the exact GELU.
     legacy_window_pattern: the sliding_window_pattern of files that predate config.json's `layer_types`.
     optional_fields: ModelConfig fields beyond the common ones that the family's config.json can set.
     layer_names: parameter leaf -> tensor name under `model.layers.{i}.`, for leaves named differently from
@@ -46,7 +46,7 @@ class Family:
 
 
 _GEMMA_FEATURES = {"norm_scale_plus_one": True, "embed_scale": True}
-_GEMMA_KEYWORDS = {"tied_by_default": True, "plain_gelu_is_tanh": True}
+_GEMMA_KEYWORDS = {"tied_by_default": True}
 
 FAMILIES = {
     family.name: family
@@ -54,7 +54,7 @@ FAMILIES = {
         Family("llama", "LlamaForCausalLM", {}),
         Family("qwen2", "Qwen2ForCausalLM", {"qkv_bias": True}, bias_key=None, optional_fields=("sliding_window",)),
         Family("qwen3", "Qwen3ForCausalLM", {"qk_norm": True}, optional_fields=("sliding_window",)),
-        Family("gemma", "GemmaForCausalLM", _GEMMA_FEATURES, **_GEMMA_KEYWORDS),
+        Family("gemma", "GemmaForCausalLM", _GEMMA_FEATURES, plain_gelu_is_tanh=True, **_GEMMA_KEYWORDS),
         Family("gemma2", "Gemma2ForCausalLM", {**_GEMMA_FEATURES, "post_norms": True},
                activation_key="hidden_activation", legacy_window_pattern=2, **_GEMMA_KEYWORDS,
                optional_fields=("sliding_window", "attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar"),
@@ -104,8 +104,9 @@ _OPTIONAL_SCALAR_KEYS = {
     "final_logit_softcap": "final_logit_softcapping",
     "query_pre_attn_scalar": "query_pre_attn_scalar",
 }
-# config.json activation name -> ModelConfig.hidden_act ("gelu" only where the family says it means tanh).
-_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu_tanh"}
+# config.json activation name -> ModelConfig.hidden_act (and back, for export).
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "gelu": "gelu"}
+_EXPORTED_ACTIVATIONS = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
 
 
 def family_of(hf_config: dict) -> Family:
@@ -162,9 +163,9 @@ def model_config_from_hf(hf_config: dict, param_dtype: str = "float32") -> Model
     if hf_config.get("mlp_bias"):
         raise UnsupportedModelError("config.json sets mlp_bias: true; MLP biases are not supported")
     activation = hf_config.get(family.activation_key) or hf_config.get("hidden_act")
-    if activation not in _ACTIVATIONS or (activation == "gelu" and not family.plain_gelu_is_tanh):
+    if activation not in _ACTIVATIONS:
         raise UnsupportedModelError(f"config.json activation {activation!r} is not supported for {family.name} "
-                                    f"(supported: silu, gelu_pytorch_tanh)")
+                                    f"(supported: {', '.join(_ACTIVATIONS)})")
     fields = {field: hf_config[key] for field, key in _SAME_VALUE_KEYS.items()}
     fields.update({field: float(hf_config.get(key) or 0.0) for field, key in _OPTIONAL_SCALAR_KEYS.items()})
     head_dim = hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"]
@@ -173,7 +174,7 @@ def model_config_from_hf(hf_config: dict, param_dtype: str = "float32") -> Model
         family=family.name,
         num_kv_heads=hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"],
         head_dim=head_dim,
-        hidden_act=_ACTIVATIONS[activation],
+        hidden_act="gelu_tanh" if activation == "gelu" and family.plain_gelu_is_tanh else _ACTIVATIONS[activation],
         rope_theta=_rope_theta(hf_config),
         tie_embeddings=hf_config.get("tie_word_embeddings", family.tied_by_default),
         sliding_window=window,
@@ -211,7 +212,7 @@ def hf_config_from_model(cfg: ModelConfig, special_ids: dict[str, int | None] | 
         **{key: getattr(cfg, field) for field, key in _SAME_VALUE_KEYS.items()},
         "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.head_dim,
-        family.activation_key: {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[cfg.hidden_act],
+        family.activation_key: _EXPORTED_ACTIVATIONS[cfg.hidden_act],
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_embeddings,
         "torch_dtype": cfg.param_dtype,

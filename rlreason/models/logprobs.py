@@ -20,14 +20,41 @@ def scale_logits(logits: jax.Array, temperature: float) -> jax.Array:
 
 def logprobs_of(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
     """log softmax(logits / temperature) at `tokens`. logits: [..., V] float32; tokens: [...] int."""
-    log_probs = jax.nn.log_softmax(scale_logits(logits, temperature), axis=-1)
-    return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    scaled = scale_logits(logits, temperature)
+    chosen = jnp.take_along_axis(scaled, tokens[..., None], axis=-1)[..., 0]
+    return chosen - jax.nn.logsumexp(scaled, axis=-1)
 
 
 def entropy_of(logits: jax.Array, temperature: float) -> jax.Array:
     """Entropy of softmax(logits / temperature) over the last axis."""
     log_probs = jax.nn.log_softmax(scale_logits(logits, temperature), axis=-1)
     return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def _token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig, temperature: float,
+                 with_entropy: bool):
+    """(log-probs, entropies or None) [B, C] of `tokens` [B, C] from the hidden states [B, C, E] before them."""
+    logits = unembed(params, hidden, cfg)
+    return logprobs_of(logits, tokens, temperature), (entropy_of(logits, temperature) if with_entropy else None)
+
+
+def _chunked_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig,
+                         temperature: float, with_entropy: bool, chunk: int):
+    """_token_stats over chunks of `chunk` positions, one chunk's logits alive at a time: the scan body is
+    rematerialised, so the backward pass recomputes a chunk's logits instead of keeping all of them."""
+    rows, length = tokens.shape
+    padded = -(-length // chunk) * chunk
+    hidden = jnp.pad(hidden, ((0, 0), (0, padded - length), (0, 0)))
+    tokens = jnp.pad(tokens, ((0, 0), (0, padded - length)))
+    by_chunk = lambda x: jnp.moveaxis(x.reshape(rows, padded // chunk, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
+
+    @jax.checkpoint
+    def one_chunk(_, chunk_inputs):
+        return None, _token_stats(params, *chunk_inputs, cfg, temperature, with_entropy)
+
+    _, stats = jax.lax.scan(one_chunk, None, (by_chunk(hidden), by_chunk(tokens)))
+    unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, padded)[:, :length]  # noqa: E731
+    return jax.tree.map(unchunk, stats)
 
 
 def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -37,17 +64,21 @@ def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: j
 
     prompt_tokens, prompt_mask: [B, Tp]; completion_tokens: [B, Tc].
     Returns logprobs [B, Tc] float32 (and entropies [B, Tc] if `with_entropy`). Completion slots after a stop
-    token hold padding; they are attended by nothing that counts and are masked by the caller.
+    token hold padding; they are attended by nothing that counts and are masked by the caller. With
+    `cfg.logprob_chunk_size` > 0 the [B, Tc, V] logits never exist at once (see _chunked_token_stats).
     """
     tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
     key_valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones(completion_tokens.shape, bool)], axis=1)
     positions = positions_from_mask(key_valid)
-    # Only the logits that predict completion tokens are needed: the last prompt slot and all but the last
-    # completion slot.
+    # Only the hidden states that predict completion tokens are needed: the last prompt slot and all but the
+    # last completion slot.
     prompt_length = prompt_tokens.shape[1]
     hidden, _ = forward_hidden(params, tokens[:, :-1], positions[:, :-1], key_valid[:, :-1], cfg)
-    logits = unembed(params, hidden[:, prompt_length - 1:], cfg)
-    logprobs = logprobs_of(logits, completion_tokens, temperature)
-    if with_entropy:
-        return logprobs, entropy_of(logits, temperature)
-    return logprobs
+    hidden = hidden[:, prompt_length - 1:]
+    chunk = cfg.logprob_chunk_size
+    if 0 < chunk < completion_tokens.shape[1]:
+        logprobs, entropy = _chunked_token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy,
+                                                 chunk)
+    else:
+        logprobs, entropy = _token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy)
+    return (logprobs, entropy) if with_entropy else logprobs

@@ -28,6 +28,19 @@ from rlreason.config import ModelConfig
 
 Params = dict[str, Any]
 
+# ModelConfig.hidden_act -> the MLP's gate activation.
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda v: jax.nn.gelu(v, approximate=False),  # exact (erf), as transformers' "gelu"
+    "gelu_tanh": lambda v: jax.nn.gelu(v, approximate=True),  # "gelu_pytorch_tanh"
+}
+# ModelConfig.remat_policy -> what the backward pass keeps of a layer's forward activations (jax.checkpoint).
+REMAT_POLICIES = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer: least memory
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
@@ -202,9 +215,13 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
         values = jax.lax.dynamic_update_slice(past_values, values.astype(past_values.dtype), start).astype(dtype)
 
     batch, length, heads, head_dim = queries.shape
+    scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
+    if cfg.attention != "einsum":
+        attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
+                                                implementation=cfg.attention)
+        return jnp.einsum("bthd,hde->bte", attended, layer["o_proj"].astype(dtype)), new_keys, new_values
     groups = heads // cfg.num_kv_heads
     queries = queries.reshape(batch, length, cfg.num_kv_heads, groups, head_dim)
-    scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
     logits = jnp.einsum("btkgd,bskd->bkgts", queries, keys, preferred_element_type=jnp.float32) * scale
     logits = softcap(logits, cfg.attn_logit_softcap)
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
@@ -221,7 +238,7 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
     rows = x.reshape(-1, x.shape[-1])
     gate = rows @ layer["gate_proj"].astype(dtype)
     up = rows @ layer["up_proj"].astype(dtype)
-    activation = jax.nn.silu if cfg.hidden_act == "silu" else (lambda v: jax.nn.gelu(v, approximate=True))
+    activation = ACTIVATIONS[cfg.hidden_act]
     return ((activation(gate) * up) @ layer["down_proj"].astype(dtype)).reshape(x.shape)
 
 
@@ -284,7 +301,7 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
         return _block(layer, x, positions, mask, cfg, past_keys, past_values, cache_index)
 
     if cfg.remat:
-        block = jax.checkpoint(block)
+        block = jax.checkpoint(block, policy=REMAT_POLICIES[cfg.remat_policy])
 
     # The cache is only read inside the layers; each layer hands back its new keys and values and one update
     # writes all of them, so a decode step never copies the whole cache.

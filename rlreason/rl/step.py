@@ -5,7 +5,13 @@
 `batch` holds only prompts (see rlreason.data.pipeline); the RNG travels in the state, so a step is a
 deterministic function of its inputs. The same three phases also exist as separately compiled functions
 (`GRPOFunctions.rollout / score / learn`) for the split-step debugging mode; the fused step calls the very
-same functions, so both modes compute the same thing.
+same functions, so both modes compute the same thing. DAPO's refill mode of dynamic sampling drives the compiled
+phases from the host (`refill_phases`), since it samples a data-dependent number of batches.
+
+`learn` reads top to bottom: rewards per function -> shaped rewards -> advantages; which tokens carry loss;
+pi_old (the sampler's, or the trainer's with an off-policy correction); then num_iterations passes of
+num_minibatches optimizer updates, each summing gradient_accumulation_steps micro-batches. The variants come
+from the registries of rlreason.rl.advantages / losses / off_policy (docs/algorithms.md).
 
 Shapes: P prompts, G = num_generations, B = P * G rows (group-contiguous), Tp prompt and Tc completion
 length, K reward functions, U = B / num_minibatches rows per optimizer update.
@@ -18,13 +24,17 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
 from rlreason.config import GRPOConfig, ModelConfig
 from rlreason.models.logprobs import completion_logprobs
-from rlreason.rl.advantages import group_advantages
-from rlreason.rl.losses import loss_denominator, loss_numerator, token_loss
+from rlreason.parallel.host_data import gather_rows
+from rlreason.rl.advantages import Advantages, compute_advantages
+from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
+from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
+from rlreason.rl.shaping import soft_overlong_penalty
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 from rlreason.verifiers.combine import combine_rewards, reward_metrics
 
@@ -55,13 +65,17 @@ def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.A
 
 
 class Learned(NamedTuple):
-    """Per-update quantities gathered by the scan over updates: each [num_iterations * num_minibatches]."""
+    """Per-update sums gathered by the scan over updates: each [num_iterations * num_minibatches].
+
+    Token statistics are sums over the update's loss-mask tokens, so that the step's figures are token-weighted
+    means over every micro-batch and update (TRL's meaning), not means of per-micro-batch means."""
 
     loss: jax.Array
     grad_norm: jax.Array
+    tokens: jax.Array
     entropy: jax.Array
     kl: jax.Array
-    ratio_mean: jax.Array
+    ratio: jax.Array
     ratio_min: jax.Array
     ratio_max: jax.Array
     clip_low: jax.Array
@@ -82,6 +96,8 @@ class GRPOFunctions:
     score: Callable  # (rollout, gold_bytes [B, Lg]) -> rewards [B, K]
     learn: Callable  # (state, rollout, rewards [B, K]) -> (state, metrics)
     step: Callable  # (state, batch) -> (state, metrics, Samples)
+    groups_with_spread: Callable  # rewards [B, K] -> [P] bool: the group's rewards are not all equal
+    select_groups: Callable  # ([Rollout], [rewards [B, K]], chosen [P, 2] (draw, group)) -> (Rollout, rewards)
 
 
 def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
@@ -97,30 +113,46 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
-    epsilon_high = grpo.epsilon_high or grpo.epsilon
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+    sampler_cfg = model_cfg if grpo.rollout_dtype == "model" else dataclasses.replace(model_cfg,
+                                                                                      dtype=grpo.rollout_dtype)
+    token_loss = make_token_loss(grpo.policy_loss, grpo.importance_sampling_level, grpo.kl_estimator,
+                                 loss_settings(grpo), grpo.beta, grpo.entropy_coef)
+    aggregation = LOSS_AGGREGATIONS[grpo.loss_type]
+    correction = OFF_POLICY_CORRECTIONS[grpo.off_policy_correction]
+    off_policy_settings = OffPolicySettings(grpo.off_policy_cap, grpo.off_policy_mask_low, grpo.off_policy_mask_high)
+    forward_chunks = grpo.num_minibatches * grpo.gradient_accumulation_steps  # rows per forward = a micro-batch
 
     def rollout(params, batch, rng) -> Rollout:
-        return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, model_cfg,
+        return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, sampler_cfg,
                                             sampling, group_size, stop_ids, pad_id))
 
     def score(roll: Rollout, gold_bytes) -> jax.Array:
         return scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, gold_bytes)
 
-    def policy_loss(params, rows, denominator):
-        """Loss of a micro-batch of rows: (numerator / update-batch denominator, per-token stats)."""
+    def batch_logprobs(params, roll: Rollout):
+        """Log-probs and entropies [B, Tc] of the rollout's tokens by a forward pass without gradient, one
+        micro-batch of rows at a time."""
+        split = lambda x: x.reshape(forward_chunks, -1, *x.shape[1:])  # noqa: E731
+        logprobs, entropy = jax.lax.map(
+            lambda rows: completion_logprobs(params, *rows, model_cfg, temperature, with_entropy=True),
+            (split(roll.prompt_tokens), split(roll.prompt_mask), split(roll.tokens)))
+        merge = lambda x: jax.lax.stop_gradient(x.reshape(roll.tokens.shape))  # noqa: E731
+        return merge(logprobs), merge(entropy)
+
+    def micro_batch_loss(params, rows, denominator):
+        """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
         logprobs, entropy = completion_logprobs(params, rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
                                                 model_cfg, temperature, with_entropy=True)
-        terms = token_loss(logprobs, rows["old_logprobs"], rows["advantages"], rows.get("ref_logprobs"),
-                           grpo.epsilon, epsilon_high, grpo.beta, grpo.kl_estimator)
         mask = rows["loss_mask"]
-        loss = loss_numerator(terms.loss, mask, grpo.loss_type) / denominator
-        tokens = jnp.maximum(jnp.sum(mask), 1.0)
-        masked_mean = lambda values: jnp.sum(values * mask) / tokens  # noqa: E731
-        stats = Learned(loss, jnp.zeros(()), masked_mean(entropy), masked_mean(terms.kl), masked_mean(terms.ratio),
-                        jnp.min(jnp.where(mask > 0, terms.ratio, jnp.inf)),
-                        jnp.max(jnp.where(mask > 0, terms.ratio, -jnp.inf)),
-                        masked_mean(terms.low_clipped), masked_mean(terms.high_clipped), jnp.zeros((), bool))
+        terms = token_loss(logprobs, entropy, rows["old_logprobs"], rows.get("ref_logprobs"), rows["advantages"],
+                           rows["is_weights"], mask)
+        loss = aggregation.numerator(terms.loss, mask) / denominator
+        masked_sum = lambda values: jnp.sum(values * mask)  # noqa: E731
+        stats = Learned(loss, jnp.zeros(()), jnp.sum(mask), masked_sum(entropy), masked_sum(terms.kl),
+                        masked_sum(terms.ratio), jnp.min(jnp.where(mask > 0, terms.ratio, jnp.inf)),
+                        jnp.max(jnp.where(mask > 0, terms.ratio, -jnp.inf)), masked_sum(terms.low_clipped),
+                        masked_sum(terms.high_clipped), jnp.zeros((), bool))
         return loss, stats
 
     def update(state: TrainState, rows, generation_tokens):
@@ -130,39 +162,68 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         gradient of the U-row loss. An update whose loss or gradient norm is not finite leaves the params and
         the optimizer state as they were: one NaN would otherwise poison both for the rest of the run.
         """
-        denominator = loss_denominator(rows["loss_mask"], grpo.loss_type, generation_tokens, grpo.num_minibatches)
+        denominator = aggregation.denominator(rows["loss_mask"], generation_tokens, grpo.num_minibatches)
         micro_batches = jax.tree.map(lambda x: x.reshape(grpo.gradient_accumulation_steps, -1, *x.shape[1:]), rows)
 
         def accumulate(grads_sum, micro_rows):
-            grads, stats = jax.grad(policy_loss, has_aux=True)(state.params, micro_rows, denominator)
+            grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, micro_rows, denominator)
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
-        grads, micro_stats = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
-        loss, grad_norm = jnp.sum(micro_stats.loss), optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        stats = Learned(loss=loss, grad_norm=grad_norm,
-                        entropy=jnp.mean(micro_stats.entropy), kl=jnp.mean(micro_stats.kl),
-                        ratio_mean=jnp.mean(micro_stats.ratio_mean), ratio_min=jnp.min(micro_stats.ratio_min),
-                        ratio_max=jnp.max(micro_stats.ratio_max), clip_low=jnp.mean(micro_stats.clip_low),
-                        clip_high=jnp.mean(micro_stats.clip_high), nonfinite=~finite)
+        grads, micro = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
+        stats = jax.tree.map(jnp.sum, micro)._replace(ratio_min=jnp.min(micro.ratio_min),
+                                                      ratio_max=jnp.max(micro.ratio_max))
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(stats.loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         state = state.replace(params=keep_if_finite(params, state.params),
                               opt_state=keep_if_finite(opt_state, state.opt_state))
-        return state, stats
+        return state, stats._replace(grad_norm=grad_norm, nonfinite=~finite)
 
     def learn(state: TrainState, roll: Rollout, rewards_per_function):
-        rewards = combine_rewards(rewards_per_function, reward_weights)
-        advantages, group_std = group_advantages(rewards, group_size, grpo.scale_rewards)
+        """(state, rollout [B rows], rewards_per_function [B, K]) -> (new state, metrics)."""
+        metrics = {}
+        # Rewards -> advantages. Shaping from the rollout (soft overlong punishment) is one more reward column, NaN
+        # where no function scored the row so that such rows keep advantage 0.
+        lengths = jnp.sum(roll.completion_mask, axis=1)
+        shaped, weights = rewards_per_function, reward_weights
+        if grpo.overlong_buffer_length > 0:
+            penalty = soft_overlong_penalty(lengths, sampling.max_new_tokens, grpo.overlong_buffer_length)
+            unscored = jnp.all(jnp.isnan(rewards_per_function), axis=1)
+            shaped = jnp.concatenate([shaped, jnp.where(unscored, jnp.nan, penalty)[:, None]], axis=1)
+            weights = jnp.concatenate([weights, jnp.asarray([grpo.overlong_penalty_factor], jnp.float32)])
+            metrics["overlong_penalty"] = jnp.mean(penalty) * grpo.overlong_penalty_factor
+        rewards = combine_rewards(shaped, weights)
+        advantages = compute_advantages(rewards, shaped, weights, group_size, grpo.advantage_estimator,
+                                        grpo.scale_rewards, grpo.normalize_rewards_per_function)
+
+        # Which tokens count: the completion, less truncated completions and zero-weight groups.
         loss_mask = roll.completion_mask.astype(jnp.float32)
         if grpo.mask_truncated_completions:
             loss_mask = loss_mask * (~roll.truncated)[:, None]
+        if grpo.dynamic_sampling != "none":  # refill: groups topped up after max_sampling_draws
+            loss_mask = loss_mask * ~jnp.repeat(advantages.zero_std, group_size)[:, None]
+
+        # pi_old: the sampler's log-probs, or the trainer's recomputed ones with the off-policy correction.
+        old_logprobs, is_weights = roll.logprobs, jnp.ones_like(loss_mask)
+        if grpo.recompute_old_logprobs:
+            old_logprobs, old_entropy = batch_logprobs(state.params, roll)
+            metrics.update(mismatch_metrics(old_logprobs, roll.logprobs, loss_mask))
+            is_weights, keep = correction(old_logprobs, roll.logprobs, loss_mask, off_policy_settings)
+            metrics["off_policy/is_weight_mean"] = jnp.sum(is_weights * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1)
+            metrics["off_policy/masked_fraction"] = 1 - jnp.sum(keep * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1)
+            loss_mask = loss_mask * keep
+            if grpo.top_entropy_quantile < 1:
+                threshold = jnp.nanquantile(jnp.where(loss_mask > 0, old_entropy, jnp.nan),
+                                            1.0 - grpo.top_entropy_quantile)
+                loss_mask = loss_mask * (old_entropy >= threshold)
+
         rows = {"prompt_tokens": roll.prompt_tokens, "prompt_mask": roll.prompt_mask, "tokens": roll.tokens,
-                "old_logprobs": roll.logprobs, "advantages": advantages, "loss_mask": loss_mask}
+                "old_logprobs": old_logprobs, "advantages": advantages.advantages, "loss_mask": loss_mask,
+                "is_weights": is_weights}
         if grpo.beta > 0:
-            rows["ref_logprobs"] = jax.lax.stop_gradient(completion_logprobs(
-                state.ref_params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, model_cfg, temperature))
+            rows["ref_logprobs"] = batch_logprobs(state.ref_params, roll)[0]
         generation_tokens = jnp.sum(loss_mask)
         minibatches = jax.tree.map(lambda x: x.reshape(grpo.num_minibatches, -1, *x.shape[1:]), rows)
 
@@ -171,19 +232,29 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
         state, learned = jax.lax.scan(one_pass, state, None, length=grpo.num_iterations)
         learned = jax.tree.map(lambda x: x.reshape(-1), learned)
-        state = state_sharding(state.replace(step=state.step + 1))
-        metrics = step_metrics(roll, rewards_per_function, rewards, group_std, learned)
+        state = state.replace(step=state.step + 1)
+        if grpo.sync_ref_model:
+            due = state.step % grpo.ref_model_sync_steps == 0
+            alpha = grpo.ref_model_mixup_alpha
+            state = state.replace(ref_params=jax.tree.map(
+                lambda policy, ref: jnp.where(due, alpha * policy + (1 - alpha) * ref, ref),
+                state.params, state.ref_params))
+        state = state_sharding(state)
+        metrics.update(step_metrics(roll, rewards_per_function, rewards, advantages, loss_mask, learned))
         metrics["learning_rate"] = learning_rate_fn(state.step * grpo.num_iterations * grpo.num_minibatches - 1)
         return state, metrics
 
-    def step_metrics(roll: Rollout, rewards_per_function, rewards, group_std, learned: Learned) -> dict:
+    def step_metrics(roll: Rollout, rewards_per_function, rewards, advantages: Advantages, loss_mask,
+                     learned: Learned) -> dict:
         lengths = jnp.sum(roll.completion_mask, axis=1).astype(jnp.float32)
         terminated = ~roll.truncated
         scored = ~jnp.isnan(rewards)
+        tokens = jnp.maximum(jnp.sum(learned.tokens), 1.0)
+        first_pass = slice(0, grpo.num_minibatches)  # every row once, each minibatch under the policy it met
         metrics = {
             "reward": jnp.nanmean(rewards),
-            "reward_std": jnp.nanstd(rewards),
-            "frac_reward_zero_std": jnp.mean(group_std == 0),
+            "reward_std": jnp.mean(advantages.group_std),  # TRL's: the mean of the groups' stds
+            "frac_reward_zero_std": jnp.mean(advantages.zero_std),
             "frac_unscored": 1.0 - jnp.mean(scored),
             "completion_length": jnp.mean(lengths),
             "completion_length_min": jnp.min(lengths),
@@ -191,16 +262,17 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             "terminated_length": jnp.sum(lengths * terminated) / jnp.maximum(jnp.sum(terminated), 1),
             "clipped_ratio": jnp.mean(roll.truncated),
             "completion_tokens": jnp.sum(lengths),
+            "loss_tokens": jnp.sum(loss_mask),
             "loss": jnp.mean(learned.loss),
             "grad_norm": jnp.mean(learned.grad_norm),
-            "entropy": learned.entropy[0],  # of the sampling policy, on the first update's forward pass
-            "kl": jnp.mean(learned.kl),
-            "ratio_mean": jnp.mean(learned.ratio_mean),
+            "entropy": jnp.sum(learned.entropy[first_pass]) / jnp.maximum(jnp.sum(learned.tokens[first_pass]), 1.0),
+            "kl": jnp.sum(learned.kl) / tokens,
+            "ratio_mean": jnp.sum(learned.ratio) / tokens,
             "ratio_min": jnp.min(learned.ratio_min),
             "ratio_max": jnp.max(learned.ratio_max),
-            "clip_ratio_low": jnp.mean(learned.clip_low),
-            "clip_ratio_high": jnp.mean(learned.clip_high),
-            "clip_ratio_region": jnp.mean(learned.clip_low + learned.clip_high),
+            "clip_ratio_low": jnp.sum(learned.clip_low) / tokens,
+            "clip_ratio_high": jnp.sum(learned.clip_high) / tokens,
+            "clip_ratio_region": jnp.sum(learned.clip_low + learned.clip_high) / tokens,
             "nonfinite_updates": jnp.sum(learned.nonfinite),  # skipped updates (of num_iterations * num_minibatches)
         }
         metrics.update(reward_metrics(rewards_per_function, reward_names))
@@ -209,8 +281,21 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             metrics["accuracy"] = jnp.mean(correct)
         return metrics
 
+    def groups_with_spread(rewards_per_function) -> jax.Array:
+        """Judged on the reward functions' weighted sum, before shaping (DAPO filters on accuracy)."""
+        rewards = combine_rewards(rewards_per_function, reward_weights)
+        return ~compute_advantages(rewards, rewards_per_function, reward_weights, group_size, grpo.advantage_estimator,
+                                   grpo.scale_rewards, grpo.normalize_rewards_per_function).zero_std
+
+    def select_groups(rolls: list[Rollout], scores: list[jax.Array], chosen: jax.Array):
+        """The chosen groups of several draws as one batch of P groups, in the order chosen."""
+        rows = (chosen[:, :1] * scores[0].shape[0] + chosen[:, 1:] * group_size + jnp.arange(group_size)).reshape(-1)
+        pick = lambda *draws: jnp.concatenate(draws)[rows]  # noqa: E731
+        return row_sharding(jax.tree.map(pick, *rolls)), row_sharding(pick(*scores))
+
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
-                         step=chain_phases(rollout, score, learn, group_size))
+                         step=chain_phases(rollout, score, learn, group_size),
+                         groups_with_spread=groups_with_spread, select_groups=select_groups)
 
 
 def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int) -> Callable:
@@ -226,11 +311,63 @@ def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size
     return step
 
 
-def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool) -> Callable:
-    """The step as compiled code: one jitted program, or (split_step) three chained ones.
+class Refill(NamedTuple):
+    """Where DAPO's dynamic sampling (grpo.dynamic_sampling=refill) gets more prompts: `draw()` returns the next
+    global prompt batch of the run's stream; at most `max_draws` batches are sampled per step."""
+
+    draw: Callable[[], Any]
+    max_draws: int
+
+
+def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_with_spread: Callable,
+                  select_groups: Callable, group_size: int, refill: Refill) -> Callable:
+    """The step with DAPO's dynamic sampling: sample and score a batch, drop the groups whose rewards are all equal,
+    and sample more batches until P groups with a spread are in hand or `refill.max_draws` batches were drawn;
+    then learn on those P groups (if the cap is hit, the batch is topped up with dropped groups, which get zero
+    weight in the loss).
+
+    The number of draws depends on the rewards, so this runs on the host, over the separately compiled phases:
+    one compiled step cannot sample a data-dependent number of batches. Every process sees the same (gathered)
+    rewards, so every process draws the same batches.
+    """
+
+    def step(state: TrainState, batch):
+        rng, sample_rng = jax.random.split(state.rng)
+        rolls, scores, kept, dropped = [], [], [], []
+        prompts = batch["prompt_tokens"].shape[0]
+        while True:
+            draw = len(rolls)
+            roll = rollout(state.params, batch, jax.random.fold_in(sample_rng, draw))
+            rolls.append(roll)
+            scores.append(score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0)))
+            spread = np.asarray(gather_rows(groups_with_spread(scores[-1])))
+            kept += [(draw, group) for group in np.flatnonzero(spread)]
+            dropped += [(draw, group) for group in np.flatnonzero(~spread)]
+            if len(kept) >= prompts or len(rolls) == refill.max_draws:
+                break
+            batch = refill.draw()
+        chosen = (kept + dropped)[:prompts]
+        roll, rewards_per_function = select_groups(rolls, scores, np.asarray(chosen, np.int32))
+        state, metrics = learn(state.replace(rng=rng), roll, rewards_per_function)
+        metrics.update({"dynamic_sampling/draws": len(rolls),
+                        "dynamic_sampling/dropped_groups": len(dropped),
+                        "dynamic_sampling/unfilled_groups": max(prompts - len(kept), 0)})
+        return state, metrics, Samples(roll, rewards_per_function)
+
+    return step
+
+
+def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool, refill: Refill | None = None
+                 ) -> Callable:
+    """The step as compiled code: one jitted program, or (split_step) three chained ones, or (refill) the
+    compiled phases driven by dynamic sampling.
 
     Either way the state buffers are donated and the result is the same function of (state, batch).
     """
+    if refill is not None:
+        return refill_phases(jax.jit(functions.rollout), jax.jit(functions.score),
+                             jax.jit(functions.learn, donate_argnums=0), jax.jit(functions.groups_with_spread),
+                             jax.jit(functions.select_groups), group_size, refill)
     if not split_step:
         return jax.jit(functions.step, donate_argnums=0)
     return chain_phases(jax.jit(functions.rollout), jax.jit(functions.score),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
-from rlreason.models.transformer import Params, forward, init_cache, positions_from_mask
+from rlreason.models.transformer import KVCache, Params, forward, forward_hidden, init_cache, positions_from_mask, unembed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,18 +76,29 @@ def sample_token(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> j
 
 
 def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, stop_tokens: jax.Array,
-             rng: jax.Array, cfg: ModelConfig, sampling: SamplingParams, pad_id: int = 0) -> Rollout:
-    """Samples completions for a batch of left-padded prompts. Jit-able; `cfg`, `sampling`, `pad_id` static.
+             rng: jax.Array, cfg: ModelConfig, sampling: SamplingParams, pad_id: int = 0,
+             group_size: int = 1) -> Rollout:
+    """Samples `group_size` completions of each left-padded prompt: a Rollout of P * group_size rows, groups
+    contiguous. Jit-able; `cfg`, `sampling`, `pad_id`, `group_size` static.
 
-    prompt_tokens, prompt_mask: [B, Tp] (every row holds at least one real token). stop_tokens: [B, N] int32,
-    the tokens that end each row (pad unused entries with -1).
+    prompt_tokens, prompt_mask: [P, Tp] (every row holds at least one real token). stop_tokens: [P * group_size,
+    N] int32, the tokens that end each row (pad unused entries with -1).
+
+    Each prompt is prefilled once, not once per completion: its cache entries and its last position's logits
+    are then repeated for the group, which saves (G - 1) / G of the prefill. Only the last prompt position is
+    unembedded.
     """
-    batch, prompt_length = prompt_tokens.shape
+    prompts, prompt_length = prompt_tokens.shape
     max_new = sampling.max_new_tokens
-    cache = init_cache(cfg, batch, prompt_length + max_new)
     prompt_mask = prompt_mask.astype(bool)
-    key_valid = jnp.concatenate([prompt_mask, jnp.zeros((batch, max_new), bool)], axis=1)
-    logits, cache = forward(params, prompt_tokens, positions_from_mask(prompt_mask), key_valid, cfg, cache, 0)
+    prompt_valid = jnp.concatenate([prompt_mask, jnp.zeros((prompts, max_new), bool)], axis=1)
+    hidden, cache = forward_hidden(params, prompt_tokens, positions_from_mask(prompt_mask), prompt_valid, cfg,
+                                   init_cache(cfg, prompts, prompt_length + max_new), 0)
+    first_logits = unembed(params, hidden[:, -1:], cfg)[:, 0]  # [P, V]
+    per_row = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)  # noqa: E731
+    cache = KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1))  # [L, B, S, K, D]
+    prompt_tokens, prompt_mask, key_valid = per_row(prompt_tokens), per_row(prompt_mask), per_row(prompt_valid)
+    batch = prompts * group_size
     next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
 
@@ -105,7 +116,7 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
 
     initial = (jnp.full((batch, max_new), pad_id, jnp.int32), jnp.zeros((batch, max_new), jnp.float32),
                jnp.zeros((batch, max_new), bool), jnp.zeros((batch,), bool))
-    record, last_token = emit(initial, 0, logits[:, -1])
+    record, last_token = emit(initial, 0, per_row(first_logits))
 
     def keep_going(loop):
         index, _, _, _, record = loop
@@ -129,7 +140,6 @@ def generate_groups(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.A
                     cfg: ModelConfig, sampling: SamplingParams, group_size: int, stop_ids: tuple[int, ...],
                     pad_id: int) -> Rollout:
     """`group_size` completions of each of P prompts: a Rollout of P * group_size rows, groups contiguous."""
-    prompt_tokens = jnp.repeat(prompt_tokens, group_size, axis=0)
-    prompt_mask = jnp.repeat(prompt_mask, group_size, axis=0)
-    stop_tokens = jnp.broadcast_to(jnp.asarray(stop_ids, jnp.int32), (prompt_tokens.shape[0], len(stop_ids)))
-    return generate(params, prompt_tokens, prompt_mask, stop_tokens, rng, cfg, sampling, pad_id)
+    stop_tokens = jnp.broadcast_to(jnp.asarray(stop_ids, jnp.int32),
+                                   (prompt_tokens.shape[0] * group_size, len(stop_ids)))
+    return generate(params, prompt_tokens, prompt_mask, stop_tokens, rng, cfg, sampling, pad_id, group_size)

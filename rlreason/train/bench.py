@@ -3,7 +3,9 @@
 Without `train.model_dir` it benchmarks a randomly initialised model of `cfg.model` with a tokenizer trained
 on the task corpus (sampling then runs to max_completion_length more often than a trained model would).
 Prints one line per figure and a final JSON line; also the per-device parameter + optimizer bytes, so that
-FSDP's saving can be read off (compare `mesh.fsdp=8` with one device).
+FSDP's saving can be read off (compare `mesh.fsdp=8` with one device), the step's model FLOPs
+(rlreason.train.flops), the achieved GFLOP/s and MFU against a matmul peak measured in the same run on the same
+device and dtype, and the peak memory (the device's allocator where it reports one, else the process's RSS).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -22,6 +25,7 @@ from rlreason.data import synthetic
 from rlreason.models.store import save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.memory import max_device_bytes
+from rlreason.train.flops import grpo_step_flops, measured_peak_flops
 from rlreason.train.loop import build_trainer
 from rlreason.train.pretrain import corpus_texts, tokenizer_for
 
@@ -44,10 +48,18 @@ def _tree_bytes(tree) -> int:
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)))
 
 
+def peak_memory_bytes() -> tuple[int, str]:
+    """(peak bytes, what was measured): the first device's allocator peak, or this process's peak RSS on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
 def run_bench(cfg: Config) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = cfg.train.model_dir or _random_model_dir(cfg, scratch)
-        figures = {"fused": [], "rollout": [], "score": [], "learn": [], "tokens": []}
+        figures = {"fused": [], "rollout": [], "score": [], "learn": [], "tokens": [], "decoded": []}
         for split in (False, True):
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
                 cfg.train, model_dir=model_dir, split_step=split, steps=TIMED_STEPS + 1))
@@ -60,6 +72,8 @@ def run_bench(cfg: Config) -> dict:
                     (state, metrics, _), seconds = _timed(trainer.step_fn, state, batch)
                     figures["fused"].append(seconds)
                     figures["tokens"].append(float(metrics["completion_tokens"]))
+                    figures["decoded"].append(float(metrics["completion_length_max"]))  # decode-loop steps
+                prompt_width = batches[0]["prompt_tokens"].shape[1]
                 state_bytes = {"params": max_device_bytes(state.params), "opt_state": max_device_bytes(state.opt_state),
                                "params_total": _tree_bytes(state.params), "opt_state_total": _tree_bytes(state.opt_state)}
                 continue
@@ -77,6 +91,10 @@ def run_bench(cfg: Config) -> dict:
                     figures["learn"].append(learn_s)
     median = {key: statistics.median(values) for key, values in figures.items()}
     rows = cfg.train.batch_size * cfg.grpo.num_generations
+    flops = grpo_step_flops(trainer.model_cfg, rows, prompt_width, round(median["decoded"]), cfg.grpo.beta > 0,
+                            cfg.grpo.num_iterations)
+    peak = measured_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
+    memory, memory_source = peak_memory_bytes()
     result = {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "mesh": dict(trainer.mesh.shape),
@@ -87,6 +105,12 @@ def run_bench(cfg: Config) -> dict:
         "median_score_s": round(median["score"], 4),
         "median_update_s": round(median["learn"], 4),
         "completion_tokens_per_s": round(median["tokens"] / median["fused"], 1),
+        "step_gflop": round(flops["total"] / 1e9, 3),
+        "achieved_gflops": round(flops["total"] / median["fused"] / 1e9, 2),
+        "peak_matmul_gflops": round(peak / 1e9, 2),
+        "mfu": round(flops["total"] / median["fused"] / peak, 4),
+        "peak_memory_bytes": memory,
+        "peak_memory_source": memory_source,
         "params_bytes_per_device": state_bytes["params"],
         "opt_state_bytes_per_device": state_bytes["opt_state"],
         "params_plus_opt_bytes_one_device": state_bytes["params_total"] + state_bytes["opt_state_total"],
@@ -98,6 +122,11 @@ def run_bench(cfg: Config) -> dict:
     print(f"  split: sampling {result['median_rollout_s']:.3f} s   scoring {result['median_score_s']:.3f} s   "
           f"update {result['median_update_s']:.3f} s")
     print(f"  completion tokens/s {result['completion_tokens_per_s']:.0f}")
+    print(f"  {result['step_gflop']:.2f} GFLOP/step (prefill {flops['prefill'] / 1e9:.2f}, decode "
+          f"{flops['decode'] / 1e9:.2f}, reference {flops['reference'] / 1e9:.2f}, policy {flops['policy'] / 1e9:.2f})"
+          f" = {result['achieved_gflops']:.1f} GFLOP/s; a {trainer.model_cfg.dtype} matmul peaks at "
+          f"{result['peak_matmul_gflops']:.1f} GFLOP/s here: MFU {result['mfu']:.3f}")
+    print(f"  peak memory {memory / 2**20:,.0f} MiB ({memory_source})")
     print(f"  per-device params {state_bytes['params']:,} B + optimizer {state_bytes['opt_state']:,} B "
           f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)")
     busy = result["loadavg_1m"] > (os.cpu_count() or 1)

@@ -27,11 +27,11 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
@@ -39,6 +39,7 @@ from rlreason.config import CheckpointConfig, Config, to_dict
 from rlreason.data.pipeline import PromptBatches, checkpoint_restore_args, checkpoint_save_args
 from rlreason.parallel.distributed import is_main_process
 from rlreason.rl.step import TrainState
+from rlreason.storage import storage_path
 from rlreason.train.preemption import any_process
 
 logger = logging.getLogger("rlreason.train")
@@ -57,8 +58,9 @@ class Restored(NamedTuple):
     step: int
 
 
-def checkpoint_dir(cfg: Config) -> Path:
-    return Path(cfg.checkpoint.dir or Path(cfg.train.out_dir) / "checkpoints").absolute()
+def checkpoint_dir(cfg: Config) -> epath.Path:
+    """checkpoint.dir, or <train.out_dir>/checkpoints: local, on a mount, or a gs:// URL kept as one."""
+    return storage_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else storage_path(cfg.train.out_dir) / "checkpoints"
 
 
 def storable(state: TrainState) -> TrainState:
@@ -198,7 +200,7 @@ class RunCheckpoints:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def path(self, step: int) -> Path:
+    def path(self, step: int) -> epath.Path:
         return self.directory / str(step)
 
     def time_due(self) -> bool:

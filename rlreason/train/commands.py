@@ -29,13 +29,13 @@ def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config
 
 
 def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
-    params, model_cfg, tokenizer = load_model(model_dir)
+    params, model_cfg, tokenizer = load_model(model_dir, run=cfg.model)
     for question, text in zip(questions, sample_texts(params, model_cfg, tokenizer, questions, cfg, cfg.train.seed)):
         print(f"--- {question}\n{text}")
 
 
 def run_eval(cfg: Config, model_dir: str, show_progress: bool = True) -> None:
-    params, model_cfg, tokenizer = load_model(model_dir)
+    params, model_cfg, tokenizer = load_model(model_dir, run=cfg.model)
     prompts = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
     summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed,

@@ -26,7 +26,7 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     base_dir = pretrain(cfg, out_dir / "base", show_progress)
-    params, model_cfg, tokenizer = load_model(base_dir)
+    params, model_cfg, tokenizer = load_model(base_dir, run=cfg.model)
     held_out = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
                             cfg.sampling.max_prompt_length)
 

@@ -28,34 +28,36 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from rlreason.config import Config, ConfigError, ModelConfig, save_config
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
-from rlreason.models.store import load_model, load_model_config, save_model
+from rlreason.models.store import load_model, load_model_config, load_model_tokenizer, run_model_config, save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules, batch_sharding, opt_state_shardings, param_shardings, replicated
 from rlreason.parallel.sharded_init import init_params_sharded
-from rlreason.rl.step import GRPOFunctions, TrainState, compile_grpo, init_train_state, make_grpo_functions
+from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
+                              make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
+from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import StopSignals, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_reward_names, check_tokenizer
-from rlreason.verifiers.bridge import make_scorer
+from rlreason.train.writers import open_writers
+from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 
 SAMPLES_PER_LOG = 4
 TIMING_KEYS = ("step_time_s", "tokens_per_s")  # the metrics that differ between runs computing the same thing
@@ -97,8 +99,9 @@ def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
     """(ModelConfig, Tokenizer, where they came from) of train.model_dir, or of model.* and tokenizer.path for a
     random init; reads no weights."""
     if cfg.train.model_dir:
-        model_cfg, tokenizer_file = load_model_config(cfg.train.model_dir)
-        return model_cfg, load_tokenizer(Path(cfg.train.model_dir) / tokenizer_file), cfg.train.model_dir
+        stored, tokenizer_file = load_model_config(cfg.train.model_dir)
+        return (run_model_config(stored, cfg.model, cfg.train.model_dir),
+                load_model_tokenizer(cfg.train.model_dir, tokenizer_file), cfg.train.model_dir)
     if not cfg.tokenizer.path:
         raise ConfigError("config key 'train.model_dir' is empty and so is 'tokenizer.path': give a model directory "
                           "to start from (rlreason pretrain or rlreason convert makes one)")
@@ -108,7 +111,7 @@ def load_policy_config(cfg: Config) -> tuple[ModelConfig, Tokenizer, str]:
 def initial_params(cfg: Config, model_cfg: ModelConfig, shardings):
     """The params to start from, placed by `shardings`: train.model_dir's weights, or a random init."""
     if cfg.train.model_dir:
-        return load_model(cfg.train.model_dir, shardings=shardings)[0]
+        return load_model(cfg.train.model_dir, shardings=shardings, run=cfg.model)[0]
     return init_params_sharded(model_cfg, jax.random.key(cfg.train.seed), shardings)
 
 
@@ -143,7 +146,9 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         lambda leaf: jax.lax.with_sharding_constraint(leaf, batch_sharding(mesh, leaf.ndim, rules)), tree)
     functions = make_grpo_functions(
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
-        make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh),
+        make_scorer(tokenizer, grpo.rewards, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
+                    deadline_s=grpo.verifier_batch_deadline_s, memory_limit_mb=grpo.verifier_memory_mb,
+                    raise_pool_errors=False),
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in grpo.rewards), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
@@ -152,9 +157,12 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
                            cfg.sampling.max_prompt_length)
     batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
                              rows=process_rows(mesh, cfg.train.batch_size, rules))
-    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step)
+    prompt_batch = lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules)  # noqa: E731
+    refill = (Refill(lambda: prompt_batch(next(batches)), grpo.max_sampling_draws)
+              if grpo.dynamic_sampling == "refill" else None)
+    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step, refill)
     return Trainer(cfg, tokenizer, model_cfg, mesh, state, functions, step_fn, batches, prompts.skipped_rows,
-                   lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules))
+                   prompt_batch)
 
 
 def step_metric_names(trainer: Trainer, state: TrainState) -> list[str]:
@@ -178,7 +186,7 @@ def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: in
     return rows
 
 
-def rows_through(path: Path, step: int) -> list[dict]:
+def rows_through(path: epath.Path, step: int) -> list[dict]:
     """The rows of a JSON-lines log whose "step" is at most `step`. A line that does not parse is dropped: rows
     are only ever appended, so it can only be the last one, cut short by a kill."""
     if not path.is_file():
@@ -194,21 +202,23 @@ def rows_through(path: Path, step: int) -> list[dict]:
     return rows
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_rows(path: epath.Path, rows: list[dict]) -> None:
     """Replaces `path` by `rows` in one rename, so that a kill leaves the old file or the new one."""
     scratch = path.with_name(path.name + ".tmp")
     scratch.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(scratch, path)
+    scratch.replace(path)
 
 
 class RunLog:
-    """metrics.jsonl and samples.jsonl of a run, written by the main process only.
+    """metrics.jsonl and samples.jsonl of a run, and the writers of `train.report_to` (rlreason.train.writers),
+    written by the main process only.
 
     Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool, resumed_step: int | None):
+    def __init__(self, cfg: Config, out_dir: epath.Path, enabled: bool, resumed_step: int | None):
         self.enabled = enabled
+        self.writers = open_writers(cfg, out_dir) if enabled else []
         paths = (out_dir / "metrics.jsonl", out_dir / "samples.jsonl")
         kept = [rows_through(path, resumed_step) if resumed_step is not None else [] for path in paths]
         self.history = kept[0]
@@ -218,17 +228,29 @@ class RunLog:
                 for path, rows in zip(paths, kept):
                     write_rows(path, rows)
             mode = "w" if resumed_step is None else "a"
-            self.metrics, self.samples = (open(path, mode) for path in paths)
+            self.metrics, self.samples = (path.open(mode) for path in paths)
 
-    def write(self, file, rows: list[dict]) -> None:
+    def _append(self, file, rows: list[dict]) -> None:
         if self.enabled:
             file.writelines(json.dumps(row) + "\n" for row in rows)
             file.flush()
+
+    def write_metrics(self, metrics: dict) -> None:
+        self._append(self.metrics, [metrics])
+        for writer in self.writers:
+            writer.metrics(metrics["step"], metrics)
+
+    def write_samples(self, step: int, rows: list[dict]) -> None:
+        self._append(self.samples, rows)
+        for writer in self.writers:
+            writer.samples(step, rows)
 
     def close(self) -> None:
         if self.enabled:
             self.metrics.close()
             self.samples.close()
+        for writer in self.writers:
+            writer.close()
 
 
 def checkpoint_due(cfg: Config, step: int, time_due: bool) -> bool:
@@ -269,7 +291,7 @@ def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, 
 EARLIER_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "model")  # what a new run in an out_dir would overwrite
 
 
-def refuse_to_overwrite(out_dir: Path, checkpoints: RunCheckpoints) -> None:
+def refuse_to_overwrite(out_dir: epath.Path, checkpoints: RunCheckpoints) -> None:
     """Raises CheckpointError when `out_dir` holds files of an earlier run (EARLIER_RUN_FILES) but there is no
     checkpoint to resume that run from: a new run would overwrite them. Collective: the main process looks (it
     writes those files), every process raises."""
@@ -282,10 +304,12 @@ def refuse_to_overwrite(out_dir: Path, checkpoints: RunCheckpoints) -> None:
 
 
 @contextlib.contextmanager
-def removed_if_left_empty(*directories: Path) -> Iterator[None]:
+def removed_if_left_empty(*directories: epath.Path) -> Iterator[None]:
     """Removes those of `directories` (and their parents) that did not exist before the block, when the block
-    raises and leaves them empty: a run refused at its start leaves no empty out_dir or checkpoints/ behind."""
-    created = [path for directory in directories for path in (directory, *directory.parents) if not path.exists()]
+    raises and leaves them empty: a run refused at its start leaves no empty out_dir or checkpoints/ behind.
+    URLs are left alone: object stores hold no empty directories."""
+    created = [path for directory in directories if not is_url(directory)
+               for path in (directory, *directory.parents) if not path.exists()]
     try:
         yield
     except BaseException:
@@ -303,9 +327,9 @@ def train(cfg: Config, show_progress: bool = True):
     while it runs.
     """
     initialize(cfg.distributed)
-    out_dir = Path(cfg.train.out_dir)
+    out_dir = storage_path(cfg.train.out_dir)
     main_process = is_main_process()
-    with (StopSignals() as stop_signals, removed_if_left_empty(out_dir.absolute(), checkpoint_dir(cfg)),
+    with (StopSignals() as stop_signals, removed_if_left_empty(out_dir, checkpoint_dir(cfg)),
           RunCheckpoints(cfg) as checkpoints):
         resuming = checkpoints.last_step is not None
         if not resuming:
@@ -320,7 +344,7 @@ def train(cfg: Config, show_progress: bool = True):
             if resuming:
                 print(f"resuming from checkpoint {checkpoints.path(start)} (step {start} of {cfg.train.steps})")
         reward_names = [reward.name for reward in cfg.grpo.rewards]
-        log = RunLog(out_dir, main_process, start if resuming else None)
+        log = RunLog(cfg, out_dir, main_process, start if resuming else None)
         history, nonfinite_streak = log.history, 0
         bar = tqdm(range(start, cfg.train.steps), desc="grpo", initial=start, total=cfg.train.steps,
                    disable=not (show_progress and main_process), dynamic_ncols=True)
@@ -331,14 +355,15 @@ def train(cfg: Config, show_progress: bool = True):
                 start_time = time.perf_counter()
                 state, metrics, samples = trainer.step_fn(state, batch)
                 metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
+                metrics.update(take_verifier_metrics())  # this step's failed verifier calls, from every host
                 elapsed = time.perf_counter() - start_time
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
                 history.append(metrics)
-                log.write(log.metrics, [metrics])
+                log.write_metrics(metrics)
                 if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):
                     # Every process takes part in the gather; only the main one writes.
-                    log.write(log.samples, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
+                    log.write_samples(step, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
                 bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                                 len=f"{metrics['completion_length']:.0f}", step_s=f"{elapsed:.2f}")
                 nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, stop_signals,

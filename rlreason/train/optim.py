@@ -25,6 +25,6 @@ def make_optimizer(optim: OptimConfig, total_updates: int):
     schedule = learning_rate_schedule(optim, total_updates)
     transformation = optax.chain(
         optax.clip_by_global_norm(optim.max_grad_norm),
-        optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay),
+        optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay),
     )
     return transformation, schedule

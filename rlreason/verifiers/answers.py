@@ -1,4 +1,5 @@
-"""Answers compared as normalized text (`exact_answer`, the synthetic tasks) or as numbers (`gsm8k`).
+"""Answers compared as normalized text (`exact_answer`, the synthetic tasks) or as numbers (`gsm8k`, and the
+lenient `gsm8k_last_number`).
 
 Only ASCII digits are digits: `١٢٣` and full-width `１２３` are text, never the number 123. Golds are written
 in ASCII, and the token-level version (digits split into single tokens) could not equate them anyway.
@@ -12,13 +13,16 @@ import re
 from fractions import Fraction
 
 from rlreason.verifiers.base import reward_function
-from rlreason.verifiers.format import extract_answer
+from rlreason.verifiers.format import extract_answer, unwrap
 
 MAX_NUMBER_CHARS = 100
 
 _INTEGER = re.compile(r"(-?)([0-9]+)")
 # Commas only as thousands separators, so that "1,2,3" reads as three numbers rather than 123.
 _NUMBER = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+# An optional currency sign, the number, an optional percent sign or unit without digits.
+_ONLY_NUMBER = re.compile(r"(?:\\?\$\s*)?(?P<number>" + _NUMBER.pattern + r")"
+                          r"\s*(?:\\?%|\\text\s*\{[^{}0-9]*\}|[A-Za-z][A-Za-z ]*)?")
 
 
 def canonical_answer(text: str) -> str:
@@ -60,28 +64,34 @@ def last_number(text: str) -> Fraction | None:
     return None if last is None else parse_number(last[0])
 
 
-def score_number(completion: str, gold: str, require_answer_tag: bool) -> float | None:
-    """1.0 if the last number of the answer equals the number `gold`; None if `gold` is not a number.
-
-    The answer is the text inside `<answer>…</answer>`; without that tag pair it is the whole completion
-    unless `require_answer_tag`, in which case the score is 0.0.
-    """
-    expected = parse_number(gold.strip())
-    if expected is None:
-        return None
-    answer = extract_answer(completion)
-    if answer is None and require_answer_tag:
-        return 0.0
-    return 1.0 if last_number(completion if answer is None else answer) == expected else 0.0
+def only_number(answer: str) -> Fraction | None:
+    """The value of `answer` when it states one number and nothing else: after `format.unwrap`, an optional `$`
+    or `\\$`, the number, then optionally `%`, `\\%`, a unit (`\\text{…}` or words) with no digit in it.
+    "18", "$18.00", "\\boxed{1,000}", "3 apples" are numbers; "not 3", "7 3", "4^3", "3 or 5" are not (None)."""
+    match = _ONLY_NUMBER.fullmatch(unwrap(answer))
+    return None if match is None else parse_number(match["number"])
 
 
 @reward_function("gsm8k")
 def gsm8k(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
-    """GSM8K for R1-style runs: the answer tag is required (see `score_number`)."""
-    return score_number(completion, gold, require_answer_tag=True)
+    """GSM8K for R1-style runs: 1.0 if the answer inside the only `<answer>…</answer>` is one number (see
+    `only_number`) equal to the number `gold`, else 0.0 (also without the tag pair); None if `gold` is not a
+    number."""
+    expected = parse_number(gold.strip())
+    if expected is None:
+        return None
+    answer = extract_answer(completion)
+    return 1.0 if answer is not None and only_number(answer) == expected else 0.0
 
 
 @reward_function("gsm8k_last_number")
 def gsm8k_last_number(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
-    """GSM8K for models without the R1 format: the last number of the completion when there is no answer tag."""
-    return score_number(completion, gold, require_answer_tag=False)
+    """GSM8K for models without the R1 format (chat models), deliberately LENIENT and so gameable: 1.0 if the
+    last number written in the answer tag, or in the whole completion when there is no tag pair, equals the
+    number `gold` ("7 3" and "not 3" both read as 3). Use `gsm8k` for RL on models that can learn the format;
+    None if `gold` is not a number."""
+    expected = parse_number(gold.strip())
+    if expected is None:
+        return None
+    answer = extract_answer(completion)
+    return 1.0 if last_number(completion if answer is None else answer) == expected else 0.0

@@ -68,11 +68,14 @@ def call_reward(name: str, fn: RewardFn, prompt: str, completion: str, gold: str
     """Runs one reward function and never raises: None becomes NaN, an exception is logged and scores 0.
 
     An exception is a verifier bug or an input it failed to reject; the completion is scored as wrong rather
-    than stopping a training step that may hold thousands of other completions.
+    than stopping a training step that may hold thousands of other completions. MemoryError is the exception:
+    it propagates, so that a worker process that reached its memory limit exits (see `isolation.serve`).
     """
     try:
         value = fn(prompt, completion, gold, metadata)
         return math.nan if value is None else float(value)
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001 - the contract is that no verifier error escapes
         logger.exception("reward function %r raised on a completion of %d chars; scored 0", name, len(completion))
         return 0.0

@@ -28,6 +28,39 @@ def extract_answer(completion: str) -> str | None:
     return completion[start:end] if start <= end else None
 
 
+_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_BOXED = "\\boxed{"
+
+
+def _boxed_content(text: str) -> str | None:
+    """The content of `\\boxed{…}` when that box is all of `text`; else None."""
+    if not text.startswith(_BOXED):
+        return None
+    depth = 1
+    for index in range(len(_BOXED), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[len(_BOXED):index] if index == len(text) - 1 else None
+    return None
+
+
+def unwrap(answer: str) -> str:
+    """`answer` without surrounding whitespace, a final period, and wrappers that hold all of it: `$…$`,
+    `$$…$$`, `\\(…\\)`, `\\[…\\]`, `\\boxed{…}`, repeatedly (`$\\boxed{3}$.` gives `3`)."""
+    while True:
+        text = answer.strip().removesuffix(".").strip()
+        for opening, closing in _WRAPPERS:
+            if len(text) >= len(opening) + len(closing) and text.startswith(opening) and text.endswith(closing):
+                text = text[len(opening):-len(closing)]
+                break
+        else:
+            boxed = _boxed_content(text)
+            text = text if boxed is None else boxed
+        if text == answer:
+            return text
+        answer = text
+
+
 def is_r1_formatted(completion: str) -> bool:
     """True if each R1 tag occurs exactly once, in order, with only whitespace before `<think>`, between
     `</think>` and `<answer>`, and after `</answer>`."""

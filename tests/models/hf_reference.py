@@ -36,6 +36,8 @@ FAMILY_CASES = {
     "gemma2_window4": (transformers.Gemma2Config,
                        dict(num_key_value_heads=2, sliding_window=4, query_pre_attn_scalar=24,
                             attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    # transformers' Gemma 2 runs `hidden_activation: gelu` as the exact (erf) GELU; only Gemma 1 reads it as tanh.
+    "gemma2_exact_gelu": (transformers.Gemma2Config, dict(num_key_value_heads=2, hidden_activation="gelu")),
 }
 
 

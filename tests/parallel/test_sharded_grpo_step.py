@@ -6,13 +6,10 @@ Sampling draws from a partitionable PRNG (jax_threefry_partitionable), so a devi
 the bits one device draws for them: tokens, completion masks and per-function rewards must be identical (a
 token could flip only where two noise-perturbed logits tie to within the float noise of ~1e-5).
 
-Tolerances (grpo_run_settings.py says why), with the largest differences measured over the four meshes and
-both steps:
-  metrics     rtol 5e-5 + atol 2e-6     measured 4.9e-5 on ratio_max = 14.5 (3.4e-6 relative), else < 5e-6
-  log-probs   atol 5e-5                 measured 9.5e-6 (log-probs down to -8)
-  params      atol 5e-5 per element     measured 1.6e-5 (updates reach 2e-3)
-  update      |params - single-device params| <= 1e-3 |single-device update| (Euclidean norms over all
-              params, the update counted from the loaded model); measured 5.3e-5
+Tolerances: grpo_run_settings.py derives them from the computation: metrics within 2 * n * u for the n = 2560
+float32 terms their reductions chain (3.1e-4 relative), sampler log-probs within the same relative bound of their
+magnitude (LOGPROB_ATOL for log-probs down to about -10), and params within the sum of the per-update gradient
+differences (Adam runs with eps = lr there, so the update is at most as sensitive to float noise as its gradient).
 """
 
 from __future__ import annotations
@@ -22,13 +19,12 @@ import json
 import numpy as np
 import pytest
 
-from grpo_run_settings import CONFIG, METRIC_ATOL, METRIC_RTOL, PARAM_ATOL, grpo_settings
+from grpo_run_settings import CONFIG, METRIC_ATOL, METRIC_RTOL, grpo_settings, param_tolerance
 from rule_layouts import expected_specs
 
 MESHES = ["8x1x1", "1x8x1", "2x2x2", "1x2x4"]
 STEPS = (1, 2)
-LOGPROB_ATOL = 5e-5
-UPDATE_RELATIVE = 1e-3
+LOGPROB_ATOL = 10 * METRIC_RTOL
 SCRIPT = "tests/parallel/scripts/grpo_steps.py"
 PARAMS_OF_THE_TINY_MODEL = {"['embed']", "['final_norm']", "['layers']['attn_norm']", "['layers']['q_proj']",
                             "['layers']['k_proj']", "['layers']['v_proj']", "['layers']['o_proj']",
@@ -102,12 +98,12 @@ def test_metrics_match_the_single_device(runs, mesh, step):
 def test_updated_params_match_the_single_device(runs, mesh, step):
     initial, sharded, reference = params(runs, "1x1x1", 0), params(runs, mesh, step), params(runs, "1x1x1", step)
     assert sharded.keys() == reference.keys() == PARAMS_OF_THE_TINY_MODEL
+    tolerance = param_tolerance([metrics(runs, "1x1x1", done)["grad_norm"] for done in range(1, step + 1)])
     for name in reference:
-        np.testing.assert_allclose(sharded[name], reference[name], rtol=0, atol=PARAM_ATOL, err_msg=name)
-    update_error = np.sqrt(sum(np.sum((sharded[name] - reference[name]) ** 2) for name in reference))
+        np.testing.assert_allclose(sharded[name], reference[name], rtol=0, atol=tolerance, err_msg=name)
+    difference = np.sqrt(sum(np.sum((sharded[name] - reference[name]) ** 2) for name in reference))
     update = np.sqrt(sum(np.sum((reference[name] - initial[name]) ** 2) for name in reference))
-    assert update > 0
-    assert update_error <= UPDATE_RELATIVE * update
+    assert difference <= tolerance < 0.01 * update  # the bound is far below what the steps moved
 
 
 def without_unit_axes(spec: list, mesh: str) -> list:

@@ -1,4 +1,6 @@
-"""The compiled GRPO step: fused vs split, determinism, accumulation equivalence, on-policy loss."""
+"""The compiled GRPO step: fused vs split, determinism, accumulation equivalence, each loss_type's normalisation
+checked from the step's own samples, off-policy passes, masking, dynamic sampling, shaping, off-policy correction
+and reference sync."""
 
 import functools
 
@@ -7,8 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_advantages import reference as numpy_advantages
 from tiny_run import tiny_config
 from rlreason.train.loop import build_trainer
+
+REWARD_WEIGHTS = np.asarray([reward.weight for reward in tiny_config().grpo.rewards])
 
 
 @functools.cache
@@ -19,14 +24,22 @@ def trainer_for(model_dir: str, overrides: tuple[str, ...]):
     return trainer, jax.tree.map(jnp.copy, trainer.state), trainer.batches.get_state()
 
 
-def run_steps(model_dir, steps=2, *overrides):
+def run_steps_with_samples(model_dir, steps=2, *overrides):
+    """(every step's state, metrics and Samples) from the trainer's initial state, on host memory."""
     trainer, initial_state, data_start = trainer_for(str(model_dir), overrides)
     trainer.batches.set_state(data_start)
-    state, history = jax.tree.map(jnp.copy, initial_state), []  # the step donates its input state
-    for _ in range(steps):
-        state, metrics, _ = trainer.step_fn(state, trainer.prompt_batch(next(trainer.batches)))
+    state, states, history, samples = jax.tree.map(jnp.copy, initial_state), [], [], []
+    for _ in range(steps):  # the step donates its input state
+        state, metrics, step_samples = trainer.step_fn(state, trainer.prompt_batch(next(trainer.batches)))
+        states.append(jax.device_get(state))
         history.append({key: float(value) for key, value in jax.device_get(metrics).items()})
-    return jax.device_get(state.params), history
+        samples.append(jax.device_get(step_samples))
+    return jax.device_get(initial_state), states, history, samples
+
+
+def run_steps(model_dir, steps=2, *overrides):
+    _, states, history, _ = run_steps_with_samples(model_dir, steps, *overrides)
+    return states[-1].params, history
 
 
 def assert_same_trees(first, second, **tolerance):
@@ -71,19 +84,98 @@ def test_on_policy_step_reports_zero_loss_with_a_nonzero_gradient(tiny_base_mode
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-4
 
 
-def test_several_updates_per_batch_move_off_policy_and_track_kl(tiny_base_model):
+def test_several_updates_per_batch_move_off_policy_clip_and_track_kl(tiny_base_model):
     _, history = run_steps(tiny_base_model, 1, "grpo.num_iterations=2", "grpo.num_minibatches=2", "grpo.beta=0.04",
-                           "grpo.optim.learning_rate=0.01")
+                           "grpo.optim.learning_rate=0.02", "grpo.optim.warmup_steps=0")
     metrics = history[0]
     assert metrics["kl"] > 0  # later updates see a policy that moved away from the reference
     assert metrics["ratio_max"] > 1.0 + 1e-4 or metrics["ratio_min"] < 1.0 - 1e-4
+    # The first update is on-policy (ratio ~1, nothing clipped): clipping comes from the later ones.
+    assert metrics["clip_ratio_region"] > 0
     for key in ("clip_ratio_low", "clip_ratio_high", "entropy", "learning_rate", "frac_reward_zero_std",
                 "rewards/r1_format", "rewards/exact_answer", "accuracy", "completion_length", "clipped_ratio"):
         assert np.isfinite(metrics[key]), key
 
 
-@pytest.mark.parametrize("loss_type", ["bnpo", "dr_grpo"])  # grpo and dapo run in the tests above
-def test_every_loss_type_trains(tiny_base_model, loss_type):
-    _, history = run_steps(tiny_base_model, 1, f"grpo.loss_type={loss_type}", "grpo.scale_rewards=none",
-                           "grpo.mask_truncated_completions=true")
-    assert np.isfinite(history[0]["grad_norm"])
+def sample_arrays(samples):
+    """(combined rewards [B], completion lengths [B], truncated [B]) of one step's Samples, float64."""
+    per_function = np.asarray(samples.rewards, np.float64)
+    scored = ~np.isnan(per_function)
+    rewards = np.where(scored.any(1), np.where(scored, per_function, 0.0) @ REWARD_WEIGHTS, np.nan)
+    roll = samples.rollout
+    return rewards, np.asarray(roll.completion_mask).sum(1).astype(np.float64), np.asarray(roll.truncated)
+
+
+def update_losses(loss_type, advantages, lengths, width, num_updates):
+    """On-policy (ratio 1, beta 0) each token's loss is -A_i: each update's loss by the ALGORITHMS.md table."""
+    losses = []
+    for rows in np.array_split(np.arange(len(lengths)), num_updates):
+        token_sum = -np.sum(advantages[rows] * lengths[rows])
+        losses.append({"grpo": -np.mean(advantages[rows]), "bnpo": token_sum / lengths[rows].sum(),
+                       "dr_grpo": token_sum / (len(rows) * width),
+                       "dapo": token_sum / (lengths.sum() / num_updates)}[loss_type])
+    return np.mean(losses)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_reported_loss_follows_the_loss_type_normalisation(tiny_base_model, loss_type):
+    """Two minibatches of two micro-batches each, at a learning rate too small to move the policy: the loss the
+    step reports equals each loss_type's formula computed here from the step's own samples, and not the others'."""
+    _, _, history, samples = run_steps_with_samples(
+        tiny_base_model, 1, f"grpo.loss_type={loss_type}", "grpo.num_minibatches=2",
+        "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0")
+    rewards, lengths, _ = sample_arrays(samples[0])
+    advantages = numpy_advantages(rewards, 4, "grpo", "group")
+    width = samples[0].rollout.tokens.shape[1]
+    expected = {name: update_losses(name, advantages, lengths, width, 2) for name in ("grpo", "bnpo", "dr_grpo",
+                                                                                      "dapo")}
+    # The sampler's and the trainer's float32 log-probs differ by ~1e-6, so the ratio is 1 to ~1e-5.
+    np.testing.assert_allclose(history[0]["loss"], expected[loss_type], atol=1e-4)
+    assert abs(history[0]["ratio_mean"] - 1) < 1e-4
+    others = [abs(value - expected[loss_type]) for name, value in expected.items() if name != loss_type]
+    assert max(others) > 1e-2, "the samples should tell this normalisation from the others"
+
+
+def test_truncation_mask_zero_weight_groups_and_soft_overlong_in_the_step(tiny_base_model):
+    """mask_truncated_completions and dynamic_sampling=zero_weight leave exactly the tokens of terminated
+    completions in groups with a reward spread; the soft overlong penalty enters the rewards the groups are judged
+    by."""
+    max_length, buffer = 12, 6
+    _, _, history, samples = run_steps_with_samples(
+        tiny_base_model, 1, "grpo.mask_truncated_completions=true", "grpo.dynamic_sampling=zero_weight",
+        f"grpo.overlong_buffer_length={buffer}", f"sampling.max_completion_length={max_length}")
+    metrics = history[0]
+    rewards, lengths, truncated = sample_arrays(samples[0])
+    assert truncated.any() and not truncated.all()
+    penalty = np.where(lengths > max_length, -1.0, np.clip(((max_length - buffer) - lengths) / buffer, -1, 0))
+    assert penalty.min() < 0
+    np.testing.assert_allclose(metrics["overlong_penalty"], penalty.mean(), rtol=1e-6)
+    shaped = (rewards + penalty).reshape(-1, 4)
+    zero_std = np.array([np.all(np.isnan(g)) or np.nanmax(g) == np.nanmin(g) for g in shaped])
+    np.testing.assert_allclose(metrics["frac_reward_zero_std"], zero_std.mean())
+    kept = ~truncated & ~np.repeat(zero_std, 4)
+    assert metrics["loss_tokens"] == lengths[kept].sum()
+
+
+def test_bfloat16_sampling_shows_mismatch_and_truncated_importance_weights(tiny_base_model):
+    _, _, history, samples = run_steps_with_samples(
+        tiny_base_model, 1, "grpo.rollout_dtype=bfloat16", "grpo.recompute_old_logprobs=true",
+        "grpo.off_policy_correction=token_truncate", "grpo.off_policy_cap=1.01", "grpo.top_entropy_quantile=0.2")
+    metrics = history[0]
+    assert metrics["mismatch/logprob_diff_mean"] > 1e-4 and metrics["mismatch/token_prob_error"] > 1e-4
+    assert metrics["mismatch/logprob_diff_max"] >= metrics["mismatch/logprob_diff_mean"]
+    assert abs(metrics["off_policy/is_weight_mean"] - 1) > 1e-5
+    # pi_old is the trainer's: the first (only) update is on-policy to float32 rounding.
+    assert abs(metrics["ratio_mean"] - 1) < 1e-5
+    # Only the top 20% of tokens by entropy are trained on (ties at the threshold may add a few).
+    assert 0.15 <= metrics["loss_tokens"] / metrics["completion_tokens"] <= 0.3
+
+
+def test_reference_is_synced_every_ref_model_sync_steps(tiny_base_model):
+    initial, states, _, _ = run_steps_with_samples(
+        tiny_base_model, 2, "grpo.beta=0.04", "grpo.sync_ref_model=true", "grpo.ref_model_sync_steps=2",
+        "grpo.ref_model_mixup_alpha=0.5", "grpo.optim.learning_rate=0.01", "grpo.optim.warmup_steps=0")
+    assert_same_trees(states[0].ref_params, initial.params)  # step 1: not due
+    mixed = jax.tree.map(lambda policy, ref: 0.5 * policy + 0.5 * ref, states[1].params, initial.params)
+    assert_same_trees(states[1].ref_params, mixed, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(jax.tree.leaves(states[1].params)[0], jax.tree.leaves(initial.params)[0])

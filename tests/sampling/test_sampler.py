@@ -13,7 +13,7 @@ from rlreason.sampling.sampler import SamplingParams, filter_logits, generate
 CFG = ModelConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                   intermediate_size=40, init_std=0.4, qkv_bias=True, tie_embeddings=False)
 STOP = 3
-generate_jit = jax.jit(generate, static_argnames=("cfg", "sampling", "pad_id"))
+generate_jit = jax.jit(generate, static_argnames=("cfg", "sampling", "pad_id", "group_size"))
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,24 @@ def test_top_k_one_is_greedy(setup):
     top1 = generate_jit(params, tokens, mask, stops, jax.random.key(9), cfg=CFG,
                         sampling=SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1))
     np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+
+
+def test_a_group_shares_its_prompts_prefill(setup):
+    """G completions of each prompt from one prefill per prompt are the completions of G prefilled copies:
+    the same tokens (the same random bits draw from logits equal to float rounding), and log-probs that still
+    equal a full forward pass."""
+    params, tokens, mask, stops = setup
+    group = 3
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0)
+    shared = generate_jit(params, tokens, mask, np.repeat(stops, group, axis=0), jax.random.key(5), cfg=CFG,
+                          sampling=sampling, group_size=group)
+    copies = generate_jit(params, np.repeat(tokens, group, axis=0), np.repeat(mask, group, axis=0),
+                          np.repeat(stops, group, axis=0), jax.random.key(5), cfg=CFG, sampling=sampling)
+    np.testing.assert_array_equal(shared.prompt_tokens, copies.prompt_tokens)
+    np.testing.assert_array_equal(shared.tokens, copies.tokens)
+    np.testing.assert_array_equal(shared.completion_mask, copies.completion_mask)
+    np.testing.assert_allclose(shared.logprobs, copies.logprobs, atol=2e-5)
+    assert len({tuple(row) for row in np.asarray(shared.tokens)}) > tokens.shape[0]  # groups are not copies
+    recomputed = completion_logprobs(params, shared.prompt_tokens, shared.prompt_mask, shared.tokens, CFG, 1.0)
+    np.testing.assert_allclose(np.asarray(recomputed) * np.asarray(shared.completion_mask), shared.logprobs,
+                               atol=2e-5)

@@ -80,7 +80,7 @@ def test_last_number(text, expected):
     ("<think>t</think><answer>$18.00</answer>", "18", 1.0, 1.0),
     ("<think>t</think><answer>1,000 apples</answer>", "1000", 1.0, 1.0),
     ("<think>t</think><answer>1000</answer>", "1,000", 1.0, 1.0),
-    ("<think>t</think><answer>It is 17, no 18</answer>", "18", 1.0, 1.0),
+    ("<think>t</think><answer>It is 17, no 18</answer>", "18", 0.0, 1.0),  # two numbers: only the lenient one
     ("<think>t</think><answer>17</answer> or 18", "18", 0.0, 0.0),  # with tags, only the answer counts
     ("6 * 3 = 18", "18", 0.0, 1.0),  # no tags: only the fallback reads the completion
     ("6 * 3 = 18, not 19", "18", 0.0, 0.0),

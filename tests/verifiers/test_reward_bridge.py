@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rlreason.config import RewardConfig
-from rlreason.verifiers import encode_golds, get_reward_fn, reward_function
-from rlreason.verifiers.bridge import detokenize, make_scorer
+from rlreason.verifiers import WorkerPool, encode_golds, get_reward_fn, reward_function
+from rlreason.verifiers.bridge import VerifierPoolError, detokenize, make_scorer, take_verifier_metrics
 
 from token_rows import padded_rows
 
@@ -88,3 +88,20 @@ def test_ids_outside_the_vocabulary_read_as_replacement_characters(tokenizer):
 def test_unknown_reward_names_fail_before_compiling(tokenizer):
     with pytest.raises(ValueError, match="unknown reward function 'gsm8'"):
         make_scorer(tokenizer, (RewardConfig("gsm8"),), timeout_s=5.0)
+
+
+def test_a_pool_that_cannot_start_stops_the_run_after_the_step(tokenizer):
+    broken = WorkerPool(num_workers=1, spare_workers=0, preload=["rlreason.verifiers.no_such_module"])
+    rewards = (RewardConfig("r1_format"), RewardConfig("math_equiv"))
+    batch = _batch(tokenizer)
+    try:
+        deferred = jax.jit(make_scorer(tokenizer, rewards, timeout_s=5.0, pool=broken, raise_pool_errors=False))
+        # The step completes, the isolated column scoring 0, so that every process reaches the check together.
+        np.testing.assert_array_equal(deferred(*batch), np.stack([EXPECTED[:, 0], np.zeros(4, np.float32)], axis=1))
+        with pytest.raises(VerifierPoolError, match=r"process\(es\) \[0\] could not start"):
+            take_verifier_metrics()
+        assert take_verifier_metrics() == {"verifier/timed_out_calls": 0.0, "verifier/killed_calls": 0.0}
+        with pytest.raises(Exception, match="verifier worker processes in a row failed to start"):
+            jax.block_until_ready(jax.jit(make_scorer(tokenizer, rewards, timeout_s=5.0, pool=broken))(*batch))
+    finally:
+        broken.close()

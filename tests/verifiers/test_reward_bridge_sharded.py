@@ -1,4 +1,6 @@
-"""`make_scorer` with a mesh, on 8 simulated CPU devices in a fresh process: each device scores its own rows."""
+"""`make_scorer` with a mesh, on 8 simulated CPU devices in a fresh process: rows are placed by the rule table's
+`batch` entry, every row is scored exactly once, and devices that hold the same rows (tensor replicas) hold the
+same scores."""
 
 from __future__ import annotations
 
@@ -22,20 +24,24 @@ def report() -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_rows_split_over_every_axis_are_scored_once_each(report):
-    case = report["16"]
-    assert case["rows_per_call"] == [2] * 8
-    assert case["times_scored"] == [1] * 16
-    assert case["row_axes"] == ["data", "fsdp", "tensor"]
+@pytest.mark.parametrize("label,rows_per_call,row_axes", [
+    ("16", [2] * 8, ["data", "fsdp"]),  # 4 rows per data x fsdp shard, split between its 2 tensor replicas
+    ("4", [1] * 4, ["data", "fsdp"]),  # 1 row per shard: one tensor replica scores it, the other only padding
+    ("8 over data", [1] * 8, ["data"]),  # `batch` rule overridden to data: 4 rows per shard, 4 fsdp x tensor replicas
+])
+def test_every_row_is_scored_once_in_the_rule_tables_layout(report, label, rows_per_call, row_axes):
+    case = report[label]
+    rows = len(case["direct"])
+    assert case["row_axes"] == row_axes
+    assert case["rows_per_call"] == rows_per_call
+    assert case["times_scored"] == [1] * rows
+    assert case["call_numbers"] == list(range(1, rows + 1))  # one call_number call per row, none repeated
     np.testing.assert_array_equal(np.array(case["rewards"]), np.array(case["direct"], dtype=float))
 
 
-def test_when_tensor_does_not_divide_the_rows_replicas_score_them_again(report):
-    case = report["4"]
-    assert case["rows_per_call"] == [1] * 8
-    assert case["times_scored"] == [2] * 4
-    assert case["row_axes"] == ["data", "fsdp"]
-    np.testing.assert_array_equal(np.array(case["rewards"]), np.array(case["direct"], dtype=float))
+@pytest.mark.parametrize("label", ["16", "4", "8 over data"])
+def test_replicas_hold_the_same_scores(report, label):
+    assert report[label]["replicas_agree"]
 
 
 def test_sharded_rewards_are_hand_checked(report):

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from rlreason.verifiers import WorkerPool, WorkerStartError
+from rlreason.verifiers.isolation import CallCounts
 
 FAILED = "failed"
 
@@ -94,3 +95,39 @@ def test_workers_that_cannot_start_raise_a_clear_error():
     with pytest.raises(WorkerStartError, match=r"3 verifier worker processes in a row failed to start"):
         pool.run([(operator.add, (1, 1))], timeout_s=5.0, on_failure=FAILED)
     pool.close()
+
+
+def test_concurrent_runs_share_the_workers_and_get_their_own_results(pool):
+    # One run per thread, as when each device's host callback scores its own rows.
+    results = {}
+
+    def run(offset):
+        results[offset] = pool.run([(operator.add, (i, offset)) for i in range(15)], timeout_s=5.0, on_failure=FAILED)
+
+    threads = [threading.Thread(target=run, args=(offset,)) for offset in (100, 200, 300)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {offset: [i + offset for i in range(15)] for offset in (100, 200, 300)}
+
+
+def test_at_most_num_workers_calls_run_at_once_and_spares_wait_warm():
+    pool = WorkerPool(num_workers=2, spare_workers=1)
+    try:
+        pool.start()
+        pids = pool.run([(os.getpid, ())] * 30, timeout_s=5.0, on_failure=FAILED)
+        assert FAILED not in pids and len(set(pids)) <= 3
+        # Two calls that never end take both running slots; the batch deadline cuts them and the queued one.
+        calls = [(time.sleep, (60,)), (time.sleep, (60,)), (operator.add, (1, 1))]
+        assert pool.run(calls, timeout_s=60.0, on_failure=FAILED, deadline_s=1.0) == [FAILED] * 3
+        assert pool.take_counts() == CallCounts(timed_out=3, killed=0)
+    finally:
+        pool.close()
+
+
+def test_counts_are_taken_once(pool):
+    pool.take_counts()
+    assert pool.run([(os._exit, (1,)), (time.sleep, (60,))], timeout_s=1.0, on_failure=FAILED) == [FAILED] * 2
+    assert pool.take_counts() == CallCounts(timed_out=1, killed=1)
+    assert pool.take_counts() == CallCounts()

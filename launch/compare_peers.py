@@ -1,0 +1,105 @@
+"""rlreason's GRPO step against TRL's and Tunix's on the peers' own workload, side by side in one run.
+
+    bash ../shared/bench/peers/setup.sh          # once: the peers' environments (about 3 GB)
+    python launch/compare_peers.py --rounds 2    # rlreason, TRL, Tunix, rlreason, TRL, Tunix, ...
+
+Each round runs `rlreason bench configs/bench_peers.yaml` and the peers' harnesses
+(../shared/bench/peers/{trl,tunix}_grpo.py) one after another, interleaved, so that machine load hits all of
+them alike. Prints every run's seconds per step, the medians per framework, rlreason's ratio to each peer, and
+MFU for each: the workload's model FLOPs (rlreason.train.flops, equal to the peers' jax_grpo_flops.py count) per
+second over the matmul peak rlreason's bench measures in the same run. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "bench" / "peers"
+PEER_HARNESSES = {"trl": ("trl", "trl_grpo.py"), "tunix": ("tunix", "tunix_grpo.py")}
+
+
+def last_json_line(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def run_rlreason(steps: int) -> dict:
+    result = subprocess.run([sys.executable, "-m", "rlreason", "bench", "configs/bench_peers.yaml"], cwd=ROOT,
+                            capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    if result.returncode != 0:
+        raise SystemExit(f"rlreason bench failed:\n{result.stderr[-3000:]}")
+    return last_json_line(result.stdout)
+
+
+def run_peer(name: str, peers_home: Path, steps: int) -> dict:
+    venv, script = PEER_HARNESSES[name]
+    result = subprocess.run([str(peers_home / venv / "bin" / "python"), str(PEERS / script), "--steps", str(steps)],
+                            capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1",
+                                                                     TRL_EXPERIMENTAL_SILENCE="1"))
+    if result.returncode != 0:
+        raise SystemExit(f"the {name} harness failed:\n{result.stderr[-3000:]}")
+    return last_json_line(result.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each runs every framework once)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per peer run (rlreason's bench times 5)")
+    parser.add_argument("--peers-home", default=os.environ.get("PEERS_HOME", "~/.cache/rlreason-peers"))
+    parser.add_argument("--peers", default="trl,tunix", help="which peers, comma-separated")
+    args = parser.parse_args(argv)
+    peers_home = Path(args.peers_home).expanduser()
+    peers = [name for name in args.peers.split(",") if name]
+    missing = [name for name in peers if not (peers_home / PEER_HARNESSES[name][0] / "bin" / "python").exists()]
+    if missing:
+        print(f"error: no environment for {', '.join(missing)} under {peers_home}: run "
+              f"bash {PEERS / 'setup.sh'} first (or pass --peers-home)", file=sys.stderr)
+        return 2
+    runs: dict[str, list[dict]] = {"rlreason": [], **{name: [] for name in peers}}
+    for round_index in range(args.rounds):
+        for name in runs:
+            figures = run_rlreason(args.steps) if name == "rlreason" else run_peer(name, peers_home, args.steps)
+            runs[name].append(figures)
+            print(f"round {round_index + 1} {name:9s} {figures['median_step_s']:.3f} s/step  "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+    medians = {name: statistics.median(run["median_step_s"] for run in figures) for name, figures in runs.items()}
+    step_flops = workload_flops()
+    peak = statistics.median(run["peak_matmul_gflops"] for run in runs["rlreason"]) * 1e9
+    summary = {"median_step_s": medians, "peak_matmul_gflops": peak / 1e9,
+               "mfu": {name: step_flops / seconds / peak for name, seconds in medians.items()},
+               "rlreason_over": {name: medians["rlreason"] / medians[name] for name in peers},
+               "cpu": cpu_model(), "rounds": args.rounds}
+    for name, seconds in medians.items():
+        ratio = "" if name == "rlreason" else f"   rlreason / {name} = {summary['rlreason_over'][name]:.2f}"
+        print(f"{name:9s} median {seconds:.3f} s/step  MFU {summary['mfu'][name]:.3f}{ratio}")
+    print(json.dumps(summary))
+    return 0
+
+
+def workload_flops() -> int:
+    """Model FLOPs of one step of the peers' workload (8 x 8 completions of 64 tokens after 7-token prompts),
+    the same count for every framework."""
+    sys.path.insert(0, str(ROOT))
+    from rlreason.config import load_config
+    from rlreason.train.flops import grpo_step_flops
+
+    model = load_config(ROOT / "configs" / "bench_peers.yaml").model
+    return grpo_step_flops(model, rows=64, prompt_length=7, completion_length=64, reference=True,
+                           policy_passes=1)["total"]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
