@@ -314,8 +314,9 @@ def removed_if_left_empty(*directories: epath.Path) -> Iterator[None]:
         yield
     except BaseException:
         for path in sorted(set(created), key=lambda path: len(path.parts), reverse=True):
-            with contextlib.suppress(OSError):  # not empty, or removed by another process
-                path.rmdir()
+            with contextlib.suppress(OSError):  # removed meanwhile by another process of the run
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
         raise
 
 
