@@ -1,15 +1,22 @@
-"""`rlreason <command> [CONFIG] [key=value ...]`: argument parsing only; each command calls one function.
+"""`rlreason <command> CONFIG [key=value ...] [options]`: argument parsing only; each command calls one function.
 
-CONFIG is a YAML file (see configs/); dotted `key=value` pairs override it, e.g. `grpo.beta=0.04`.
+CONFIG is a YAML file (see configs/); dotted `key=value` pairs override it, e.g. `grpo.beta=0.04`. Options
+such as --out or --quiet may come before, between or after them.
+
+Bad input (a config key, a data file line, a model or checkpoint directory, the mesh, the tokenizer) ends the
+command with one line `rlreason <command>: error: ...` naming what is wrong and the fix, and exit code 2;
+a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import typing
 
-from rlreason.config import ConfigError, GRPOConfig, load_config
+from rlreason.config import GRPOConfig
 
 REWARD_CONTROLS = typing.get_args(typing.get_type_hints(GRPOConfig)["reward_control"])
 
@@ -25,23 +32,37 @@ COMMANDS = {
 }
 
 
-def _split_config_and_overrides(values: list[str]) -> tuple[str | None, list[str]]:
-    if values and "=" not in values[0]:
-        return values[0], values[1:]
-    return None, values
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors the project raises on purpose for bad input, each with a message that names the thing at
+    fault and the fix. Imported when needed: most of them live in modules that import JAX."""
+    from rlreason.config import ConfigError
+    from rlreason.data.bad_rows import BadRowsError
+    from rlreason.models.families import UnsupportedModelError
+    from rlreason.models.hf_import import CheckpointError as ModelFileError
+    from rlreason.models.store import ModelDirError
+    from rlreason.tokenizers import TokenizerError
+    from rlreason.train.checkpoint import CheckpointError
+    from rlreason.verifiers.bridge import VerifierPoolError
+
+    return (ConfigError, BadRowsError, ModelDirError, ModelFileError, UnsupportedModelError, TokenizerError,
+            CheckpointError, VerifierPoolError)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each command's own."""
     parser = argparse.ArgumentParser(prog="rlreason", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
     for name, help_text in COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
+        command = parsers[name] = commands.add_parser(name, help=help_text, description=help_text)
         if name == "convert":
             command.add_argument("arguments", nargs="*", help="SOURCE OUT [--to rlreason|hf]; see rlreason convert -h")
             continue
-        command.add_argument("settings", nargs="*", metavar="[CONFIG] [key=value ...]",
-                             help="a YAML config file, then dotted overrides such as grpo.beta=0.04")
+        command.add_argument("settings", nargs="*", metavar="CONFIG [key=value ...]",
+                             help="a YAML config file (configs/ holds examples), then dotted overrides such as "
+                                  "grpo.beta=0.04")
         command.add_argument("--quiet", action="store_true", help="no progress bars")
         if name in ("demo", "pretrain"):
             command.add_argument("--out", required=name == "pretrain", default="runs/demo",
@@ -57,24 +78,46 @@ def _parser() -> argparse.ArgumentParser:
         if name == "train":
             command.add_argument("--split-step", action="store_true",
                                  help="run sampling, scoring and the update as separately compiled functions")
-    return parser
+    return parser, parsers
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["convert"]:  # takes no config: its own arguments
-        from rlreason.models.convert import main as convert_main
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, str, list[str]]:
+    """(options, config path, overrides). The config and the overrides may be split by options: argparse gives
+    the positionals after the first option to the command as unrecognized, so they are collected here."""
+    parser, parsers = _parser()
+    args, rest = parser.parse_known_args(argv)
+    command = parsers[args.command]
+    unknown = [item for item in rest if item.startswith("-")]
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    settings = args.settings + rest
+    if not settings or "=" in settings[0]:
+        command.error(f"the first argument must be a config file, then key=value overrides: rlreason {args.command} "
+                      f"configs/demo_cpu.yaml [key=value ...] (configs/ holds examples; the built-in defaults "
+                      f"suit no task)")
+    return args, settings[0], settings[1:]
 
-        return convert_main(argv[1:])
-    args = _parser().parse_args(argv)
-    config_path, overrides = _split_config_and_overrides(args.settings)
-    if getattr(args, "split_step", False):
-        overrides = overrides + ["train.split_step=true"]
-    try:
-        cfg = load_config(config_path, overrides)
-    except ConfigError as error:
-        print(f"rlreason {args.command}: {error}", file=sys.stderr)
-        return 2
+
+def _resume_command(arguments: list[str]) -> str:
+    """The command line that resumes: this process's own when it ran as `python -m rlreason`, else `rlreason`
+    with the same arguments."""
+    if sys.argv[0].endswith("__main__.py") and sys.argv[1:] == arguments:
+        return shlex.join(sys.orig_argv)
+    return shlex.join(["rlreason", *arguments])
+
+
+def _exit_now_if_distributed(code: int) -> int:
+    """`code`, or in a multi-process run an immediate exit with it: a normal exit would wait at the distributed
+    runtime's shutdown barrier for peers that may be blocked in a collective (see parallel.distributed)."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
     show_progress = not args.quiet
     if args.command == "demo":
         from rlreason.train.demo import run_demo
@@ -89,17 +132,24 @@ def main(argv: list[str] | None = None) -> int:
 
         pretrain(cfg, args.out, show_progress)
     elif args.command == "train":
+        from rlreason.parallel.distributed import is_main_process
+        from rlreason.storage import storage_path
+        from rlreason.train.checkpoint import checkpoint_dir
         from rlreason.train.loop import RunStopped, train
 
         try:
             train(cfg, show_progress)
-        except RunStopped as stop:  # saved and stopped early (SIGTERM, non-finite steps): its own exit code
-            print(f"rlreason train: {stop}", file=sys.stderr)
+        except RunStopped as stop:  # saved and stopped early (a stop signal, non-finite steps): its own exit code
+            print(f"rlreason train: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
             return stop.exit_code
+        if is_main_process():
+            out_dir = storage_path(cfg.train.out_dir)
+            print(f"train: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
+                  f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 
-        run_eval(cfg, args.model)
+        run_eval(cfg, args.model, show_progress)
     elif args.command == "sample":
         from rlreason.train.commands import run_sample
 
@@ -107,8 +157,35 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         from rlreason.train.bench import run_bench
 
+        if not cfg.train.model_dir:
+            print("bench: train.model_dir is empty, so this times a randomly initialised model of the config's "
+                  "model.* with a tokenizer trained on the task (set train.model_dir to time a trained model)")
         run_bench(cfg)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    command = arguments[0] if arguments else "rlreason"
+    try:
+        if arguments[:1] == ["convert"]:  # takes no config: its own arguments
+            from rlreason.models.convert import main as convert_main
+
+            return convert_main(arguments[1:])
+        args, config_path, overrides = _parse(arguments)
+        if getattr(args, "split_step", False):
+            overrides = overrides + ["train.split_step=true"]
+        from rlreason.config import load_config
+
+        return _run(args, load_config(config_path, overrides), arguments)
+    except KeyboardInterrupt:
+        print(f"\nrlreason {command}: interrupted", file=sys.stderr)
+        return _exit_now_if_distributed(130)
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
+        print(f"rlreason {command}: error: {error}", file=sys.stderr)
+        return _exit_now_if_distributed(2)
 
 
 if __name__ == "__main__":

@@ -408,13 +408,13 @@ class CheckpointConfig:
     """When `rlreason train` saves its state, where, and which checkpoints it keeps (rlreason.train.checkpoint).
 
     A run saves every `every_steps` steps, whenever `every_seconds` have passed since its last save, after its
-    last step, and when it is stopped (SIGTERM, non-finite steps). It keeps the newest `keep_last` checkpoints
+    last step, and when it is stopped (SIGTERM, SIGINT, non-finite steps). It keeps the newest `keep_last` checkpoints
     plus the `keep_best` ones with the best `best_metric` (a key of metrics.jsonl, e.g. reward or accuracy).
     """
 
     dir: str = ""  # empty: <train.out_dir>/checkpoints
     every_steps: int = 0  # 0: no step-based saves
-    every_seconds: float = 600.0  # 0: no time-based saves
+    every_seconds: float = 60.0  # an interrupted run loses at most about this much; 0: no time-based saves
     keep_last: int = 2
     keep_best: int = 0
     best_metric: str = "reward"

@@ -1,10 +1,17 @@
 """Bad input is refused before anything expensive, with an error that names the problem and the fix.
 
 One table row per bad input: how to provoke it, the error type, and text the message must hold. A row's
-`prepare(inputs)` writes whatever bad files it needs and returns the call that must fail. Config rows only load
-the config; run rows call `train` itself and must fail before the first step (no metrics.jsonl is written).
-Rows that resume work on a copy of a run with two checkpoints, and a refused resume must leave every
-checkpoint file exactly as it was.
+`prepare(inputs)` writes whatever bad files it needs and returns an `Attempt`: the library call that must fail,
+and the same input as a command line. Config rows only load the config; run rows call `train` itself and must
+fail before the first step, leaving no out_dir behind (not even an empty one). Rows that resume work on a copy
+of a run with two checkpoints, and a refused resume must leave every checkpoint file exactly as it was.
+
+Through the command line every row must end with `rlreason train: error: <the message>` on stderr, exit code 2
+and no traceback. Config rows run `main()` in this process; run rows run `python -m rlreason` as a child, so
+that whatever the run leaves running (orbax's threads, verifier workers) has to shut down quietly too. Each
+child costs an interpreter and a JAX start, so the default run takes one row per kind of failure (a model
+directory, the data, a checkpoint restore, the mesh, a reward name, an earlier run in out_dir) and the rest
+are `slow`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +31,8 @@ import pytest
 import sentencepiece as spm
 import yaml
 
-from tiny_run import tiny_config
+from tiny_run import TINY_OVERRIDES, tiny_config
+from rlreason.cli import main
 from rlreason.config import ConfigError, load_config
 from rlreason.data.bad_rows import BadRowsError
 from rlreason.models.store import ModelDirError
@@ -32,8 +42,9 @@ from rlreason.train.checkpoint import CheckpointError, RunCheckpoints
 from rlreason.train.loop import build_trainer, train
 from rlreason.train.preflight import check_batch_geometry
 
-# A failed orbax restore leaves its unfinished array reads behind, which pytest would print one by one.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "demo_cpu.yaml")
+CHILD_TIMEOUT_S = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,22 +56,38 @@ class Inputs:
     run: Path  # out_dir of a run with checkpoints 1 and 2 (copied per row)
 
 
-Prepare = Callable[[Inputs], Callable[[], object]]
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """A bad input, given to the library (`call` must raise) and to the command line (`argv`, for `rlreason`)."""
+
+    call: Callable[[], object]
+    argv: list[str]
+
+
+Prepare = Callable[[Inputs], Attempt]
+
+
+def in_child(prepare: Prepare) -> Prepare:
+    """Marks a row whose command line gets past the config load: the CLI test runs it as a child process."""
+    prepare.in_child = True
+    return prepare
 
 
 def config(*overrides: str) -> Prepare:
-    return lambda inputs: lambda: tiny_config(*overrides)
+    return lambda inputs: Attempt(lambda: tiny_config(*overrides), ["train", CONFIG, *TINY_OVERRIDES, *overrides])
 
 
 def run(*overrides: str | Callable[[Inputs], str], resume: bool = False) -> Prepare:
     """`train` on the tiny model, into a fresh out_dir (or the run with checkpoints, `resume`). An override may
     be a function of the inputs that prepares a bad file and names it."""
-    def prepare(inputs: Inputs):
+    def prepare(inputs: Inputs) -> Attempt:
         out_dir = inputs.run if resume else inputs.tmp / "out"
         resolved = [item(inputs) if callable(item) else item for item in overrides]
-        cfg = tiny_config(f"train.model_dir={inputs.model}", f"train.out_dir={out_dir}", *resolved)
-        return lambda: train(cfg, show_progress=False)
-    return prepare
+        settings = [f"train.model_dir={inputs.model}", f"train.out_dir={out_dir}", *resolved]
+        cfg = tiny_config(*settings)
+        return Attempt(lambda: train(cfg, show_progress=False),
+                       ["train", CONFIG, *TINY_OVERRIDES, *settings, "--quiet"])
+    return in_child(prepare)
 
 
 def jsonl_file(name: str, lines: list[str]) -> Callable[[Inputs], str]:
@@ -123,10 +150,23 @@ def random_init_of_another_width(inputs: Inputs) -> str:
 
 
 def batch_geometry(batch_size: int, data: int, fsdp: int) -> Prepare:
-    """The run's check on a data x fsdp mesh (abstract: the test process has one device)."""
+    """The run's check on a data x fsdp mesh: abstract in this process, which has one device; a child process
+    on the command line gets data * fsdp CPU devices."""
     mesh = jax.sharding.AbstractMesh((data, fsdp, 1), ("data", "fsdp", "tensor"))
-    return lambda inputs: lambda: check_batch_geometry(tiny_config(f"train.batch_size={batch_size}"), mesh,
-                                                       AXIS_RULES)
+
+    def prepare(inputs: Inputs) -> Attempt:
+        attempt = run(f"train.batch_size={batch_size}", f"mesh.data={data}", f"mesh.fsdp={fsdp}",
+                      f"distributed.local_device_count={data * fsdp}")(inputs)
+        return dataclasses.replace(attempt, call=lambda: check_batch_geometry(
+            tiny_config(f"train.batch_size={batch_size}"), mesh, AXIS_RULES))
+    return in_child(prepare)
+
+
+def metrics_without_checkpoints(inputs: Inputs) -> str:
+    """An out_dir with the metrics of an earlier run that never saved a checkpoint."""
+    shutil.rmtree(inputs.run / "checkpoints")
+    (inputs.run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5}) + "\n")
+    return "checkpoint.resume=auto"
 
 
 CASES = [
@@ -155,10 +195,12 @@ CASES = [
      ["config key 'train.max_nonfinite_steps' must be >= 1, got 0"]),
     ("file task without a file", config("task.name=gsm8k"), ConfigError,
      ["config key 'task.path' must name a .jsonl / .parquet file or a folder of them for task.name='gsm8k'"]),
-    ("missing config file", lambda inputs: lambda: load_config(inputs.tmp / "missing.yaml"), ConfigError,
-     ["config file", "missing.yaml' does not exist"]),
-    ("override without a value", lambda inputs: lambda: load_config(None, ["train.steps"]), ConfigError,
-     ["override 'train.steps' must look like dotted.key=value"]),
+    ("missing config file", lambda inputs: Attempt(lambda: load_config(inputs.tmp / "missing.yaml"),
+                                                   ["train", str(inputs.tmp / "missing.yaml")]),
+     ConfigError, ["config file", "missing.yaml' does not exist"]),
+    ("override without a value", lambda inputs: Attempt(lambda: load_config(None, ["train.steps"]),
+                                                        ["train", CONFIG, "train.steps"]),
+     ConfigError, ["override 'train.steps' must look like dotted.key=value"]),
     ("batch does not split over data * fsdp", batch_geometry(6, 2, 2), ConfigError,
      ["config key 'train.batch_size' (6 prompts) must be a multiple of mesh.data=2 * mesh.fsdp=2 = 4",
       "set train.batch_size to a multiple of 4"]),
@@ -179,7 +221,8 @@ CASES = [
     ("chat template without a chat tokenizer", run("tokenizer.template=chat"), TokenizerError,
      ["template 'chat' needs a tokenizer with a chat template"]),
     ("unknown reward function", run("grpo.rewards=[{name: r1_formatt}]", "grpo.accuracy_reward=r1_formatt"),
-     ValueError, ["unknown reward function 'r1_formatt' (did you mean 'r1_format'?)"]),
+     ConfigError, ["config key 'grpo.rewards[0].name': unknown reward function 'r1_formatt' (did you mean "
+                   "'r1_format'?)"]),
     ("data file missing", run("task.name=jsonl", lambda inputs: f"task.path={inputs.tmp / 'absent.jsonl'}"),
      ConfigError, ["config key 'task.path'", "absent.jsonl' does not exist"]),
     ("data row that is not JSON", run(*jsonl_task('{"question": "What is 9+9?", "answer": ')), BadRowsError,
@@ -187,6 +230,9 @@ CASES = [
       "set task.on_bad_row=skip to train without them"]),
     ("data row without the question", run(*jsonl_task('{"problem": "What is 9+9?", "answer": "18"}')), BadRowsError,
      ["train.jsonl:5: has no field 'question' (task.prompt_field)"]),
+    ("prompts longer than sampling.max_prompt_length", run("sampling.max_prompt_length=4"), BadRowsError,
+     ["malformed row(s) in the train split of task 'addition'", "prompt is", "tokens with template 'r1_short', "
+      "more than sampling.max_prompt_length=4 (raise it, or shorten the question)"]),
     ("unknown best metric", run("checkpoint.keep_best=1", "checkpoint.best_metric=rewardz"), ConfigError,
      ["config key 'checkpoint.best_metric' got 'rewardz', which is not a metric of the step",
       "choose one of", "reward"]),
@@ -208,7 +254,15 @@ CASES = [
     ("resume with another batch size", run("train.batch_size=8", resume=True), CheckpointError,
      ["the data-iterator state was saved for another prompt stream", "batch_size 4 -> 8 (train.batch_size)",
       "Resume with the settings the checkpoints were saved with"]),
+    ("earlier run's metrics but no checkpoint", run(metrics_without_checkpoints, resume=True), CheckpointError,
+     ["run' holds metrics.jsonl of an earlier run, but", "checkpoints' holds no checkpoint to resume it from",
+      "set train.out_dir to a new directory, or move those files away"]),
 ]
+
+# The rows run as children in the default run (see the module docstring); the other child rows are slow.
+DEFAULT_CHILDREN = {"mesh does not match the devices", "batch does not split over data * fsdp",
+                    "model directory missing", "unknown reward function", "data row that is not JSON",
+                    "every checkpoint truncated", "earlier run's metrics but no checkpoint"}
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -233,17 +287,60 @@ def test_the_table_has_at_least_twenty_bad_inputs():
     assert len(CASES) >= 20 and len({case[0] for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("prepare, error, says", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_bad_input_is_refused_with_the_problem_and_the_fix(prepare, error, says, tiny_base_model,
-                                                          run_with_checkpoints, tmp_path):
+def make_inputs(tmp_path: Path, tiny_base_model: Path, run_with_checkpoints: Path) -> Inputs:
     inputs = Inputs(tmp_path, tmp_path / "model", tmp_path / "run")
     shutil.copytree(tiny_base_model, inputs.model)
     shutil.copytree(run_with_checkpoints, inputs.run)
-    call = prepare(inputs)
+    return inputs
+
+
+def assert_nothing_left_or_changed(inputs: Inputs, saved: dict[str, str]) -> None:
+    assert not (inputs.tmp / "out").exists(), "a refused run left its out_dir behind"
+    assert snapshot(inputs.run) == saved, "a refused resume changed the saved files"
+
+
+@pytest.mark.parametrize("prepare, error, says", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_refused_with_the_problem_and_the_fix(prepare, error, says, tiny_base_model,
+                                                          run_with_checkpoints, tmp_path):
+    inputs = make_inputs(tmp_path, tiny_base_model, run_with_checkpoints)
+    attempt = prepare(inputs)
     saved = snapshot(inputs.run)
     with pytest.raises(error) as refused:
-        call()
+        attempt.call()
     for text in says:
         assert text in str(refused.value), f"{text!r} not in: {refused.value}"
-    assert not (inputs.tmp / "out" / "metrics.jsonl").exists(), "refused only after training began"
-    assert snapshot(inputs.run) == saved, "a refused resume changed the saved checkpoints"
+    assert_nothing_left_or_changed(inputs, saved)
+
+
+def cli_case(case) -> pytest.param:
+    name, prepare, _, _ = case
+    slow = getattr(prepare, "in_child", False) and name not in DEFAULT_CHILDREN
+    return pytest.param(prepare, id=name, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("prepare", [cli_case(case) for case in CASES])
+def test_the_command_line_prints_the_error_and_exits_2_without_a_traceback(prepare, tiny_base_model,
+                                                                          run_with_checkpoints, tmp_path, capsys):
+    """The command line ends with the library's error message after `rlreason train: error: ` (the message may
+    list several rows or checkpoints on lines of their own), and prints nothing after it."""
+    inputs = make_inputs(tmp_path, tiny_base_model, run_with_checkpoints)
+    attempt = prepare(inputs)
+    with pytest.raises(Exception) as refused:
+        attempt.call()
+    saved = snapshot(inputs.run)
+    capsys.readouterr()
+    if getattr(prepare, "in_child", False):
+        child = subprocess.run([sys.executable, "-m", "rlreason", *attempt.argv], cwd=REPO, capture_output=True,
+                               text=True, timeout=CHILD_TIMEOUT_S)
+        code, stderr = child.returncode, child.stderr
+    else:
+        code, stderr = main(attempt.argv), capsys.readouterr().err
+    assert code == 2, f"exit code {code}:\n{stderr[-4000:]}"
+    assert "Traceback" not in stderr, stderr
+    _, *messages = stderr.split("rlreason train: error: ")
+    assert len(messages) == 1, f"not one error message:\n{stderr[-4000:]}"
+    # Line by line: a restore error quotes whichever of orbax's parallel reads failed first.
+    printed, expected = messages[0].splitlines(), str(refused.value).splitlines()
+    assert (len(printed), printed[0], printed[-1]) == (len(expected), expected[0], expected[-1]), stderr[-4000:]
+    assert messages[0].endswith("\n"), "something printed after the error message"
+    assert_nothing_left_or_changed(inputs, saved)

@@ -137,8 +137,7 @@ def scratch_checkout(tmp_path: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((ROOT / name).read_bytes())
         os.utime(target, ns=(0, 0))  # older than the venv's install stamp, as in the checkout it was built from
-    (repo / ".venv").symlink_to(Path(sys.executable).resolve().parent.parent
-                                if not (ROOT / ".venv").exists() else ROOT / ".venv")
+    (repo / ".venv").symlink_to(Path(sys.prefix))  # the venv the tests run in
     (tmp_path / "shared").symlink_to((ROOT.parent / "shared").resolve())
     return repo
 

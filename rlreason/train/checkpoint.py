@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -133,6 +134,43 @@ def _first_line(error: BaseException) -> str:
     return text if len(text) <= QUOTED_ERROR_CHARS else text[:QUOTED_ERROR_CHARS] + "..."
 
 
+def _aftermath_of_a_failed_restore(unraisable) -> bool:
+    """Whether an exception Python could not raise anywhere comes from the array reads that a failed orbax
+    restore abandons: their coroutines, closed unfinished, and TensorStore's completions of them, which find
+    orbax's event loop already closed."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+class _AbandonedOrbaxTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's reads left behind by a failed restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+def _quiet_the_aftermath_of_failed_restores() -> None:
+    """A failed restore leaves orbax's other array reads behind, and each would print a traceback (as an
+    unraisable exception, or through asyncio's logger) before, during and after the run's error message, which
+    already says what went wrong. Drops those, and only those, from then on."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(existing, _AbandonedOrbaxTasks) for existing in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_restores", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not _aftermath_of_a_failed_restore(unraisable):
+            previous(unraisable)
+
+    hook.drops_failed_restores = True
+    sys.unraisablehook = hook
+
+
 class RunCheckpoints:
     """The checkpoints of one run (see the module docstring). Every process of the run makes one and calls
     `save` and `restore` at the same steps: both are collective."""
@@ -151,6 +189,7 @@ class RunCheckpoints:
                                                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         if cfg.checkpoint.resume == "required" and not self.steps:
+            self.close()  # no `with` block will: its background threads would outlive the error
             raise CheckpointError(f"checkpoint.resume=required, but {str(self.directory)!r} holds no checkpoint; "
                                   f"set checkpoint.dir (or train.out_dir) to the run to resume, or "
                                   f"checkpoint.resume=auto to start a new run")
@@ -183,6 +222,8 @@ class RunCheckpoints:
         """The newest checkpoint that every process can restore, into arrays laid out like `abstract_state`
         (jax.ShapeDtypeStruct leaves with shardings), and `batches` moved to its position. Newer checkpoints that
         fail are moved aside with a warning; when none restores, raises CheckpointError and moves nothing."""
+        # Before the first attempt: the aftermath of a failure begins before its error reaches this frame.
+        _quiet_the_aftermath_of_failed_restores()
         target = abstract_storable(abstract_state)
         failures: list[tuple[int, str]] = []
         for step in reversed(self.steps):
@@ -236,7 +277,11 @@ class RunCheckpoints:
             self._manager.reload()
 
     def close(self) -> None:
-        """Waits for the save in flight, if any, to be complete on disk."""
+        """Waits for the save in flight, if any, to be complete on disk, and for orbax's removal of unfinished
+        saves of earlier runs, which it starts in the background when the manager is made and which its own
+        close() does not wait for: a run refused at once would exit under it, and it would print errors (a
+        directory gone, or "cannot schedule new futures after interpreter shutdown")."""
+        self._manager._maybe_await_cleanup_tmp_directory()  # noqa: SLF001 - no public way to wait for it
         self._manager.close()
 
     def __enter__(self) -> RunCheckpoints:

@@ -34,9 +34,12 @@ def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
         print(f"--- {question}\n{text}")
 
 
-def run_eval(cfg: Config, model_dir: str) -> None:
+def run_eval(cfg: Config, model_dir: str, show_progress: bool = True) -> None:
     params, model_cfg, tokenizer = load_model(model_dir, run=cfg.model)
     prompts = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
-    summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed)
+    summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed,
+                          show_progress=show_progress)
+    print(f"eval: model {model_dir} on {summary['num_problems']} held-out problems of task {cfg.task.name!r}, "
+          f"{summary['samples_per_problem']} samples each:")
     print(json.dumps(summary, indent=2))

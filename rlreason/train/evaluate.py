@@ -12,6 +12,7 @@ import math
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from rlreason.config import Config, ModelConfig, RewardConfig
 from rlreason.data.encoding import PromptSet
@@ -43,8 +44,9 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
 
 
 def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: PromptSet, cfg: Config,
-             seed: int = 0) -> tuple[dict, list[dict]]:
-    """Samples `eval.num_samples` completions per prompt of `prompts` and scores them.
+             seed: int = 0, show_progress: bool = False) -> tuple[dict, list[dict]]:
+    """Samples `eval.num_samples` completions per prompt of `prompts` and scores them; `show_progress`: a
+    progress bar over the problems on stderr when it is a terminal.
 
     Returns (summary with pass@1, pass@k, maj@k in each view, format, mean_length as fractions/tokens; one row
     per sample with `correct` (accuracy reward), `strict`, `lenient` and `format`).
@@ -64,6 +66,8 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
         return roll, scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
 
     rows, per_problem = [], {view: [] for view in VIEWS}
+    bar = tqdm(total=len(prompts), desc="eval", unit="problem", disable=None if show_progress else True,
+               dynamic_ncols=True)
     for start in range(0, len(prompts), cfg.eval.batch_size):
         rows_here = slice(start, start + cfg.eval.batch_size)
         batch = {"prompt_tokens": prompts.prompt_tokens[rows_here], "prompt_mask": prompts.prompt_mask[rows_here],
@@ -84,6 +88,8 @@ def evaluate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, prompts: Prom
                       "correct": passed["answer"][i], "strict": passed["strict"][i], "lenient": passed["lenient"][i],
                       "format": passed["format"][i], "length": int(roll.completion_mask[i].sum())}
                      for i, text in zip(samples, texts)]
+        bar.update(len(prompts.examples[rows_here]))
+    bar.close()
     summary = {}
     for view, suffix in VIEWS.items():
         summary[f"pass@1{suffix}"] = float(np.mean([pass_at_k(k, c, 1) for c, _ in per_problem[view]]))

@@ -10,11 +10,13 @@ Writes into `train.out_dir`:
 Resuming: when the checkpoint directory holds checkpoints, `train` continues from the newest one that restores:
 the state, the prompt stream's position, and metrics.jsonl and samples.jsonl cut back to its step (rows written
 after it are dropped, so no step appears twice). With the same config, a run killed and resumed computes
-exactly what an uninterrupted one does.
+exactly what an uninterrupted one does. An out_dir that holds the logs or model of an earlier run but no
+checkpoint to resume it from is refused rather than overwritten.
 
 Stopping early, always after saving a checkpoint, raises a `RunStopped` whose `exit_code` the CLI returns:
-  `Preempted` (75, EX_TEMPFAIL)  SIGTERM: the step in flight finishes, then the run saves and stops; rerun the
-                                 same command to resume.
+  `Preempted` (75, EX_TEMPFAIL)  SIGTERM or SIGINT (Ctrl-C): the step in flight finishes, then the run saves
+                                 and stops; rerun the same command to resume. A second Ctrl-C aborts at once
+                                 (exit 130, see rlreason.train.preemption).
   `Diverged` (3)                 `train.max_nonfinite_steps` steps in a row had a NaN/Inf loss or gradient
                                  norm. Their updates were skipped, so the checkpoint holds the last good params.
 """
@@ -48,12 +50,12 @@ from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
                               make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
-from rlreason.storage import storage_path
+from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
-from rlreason.train.checkpoint import RunCheckpoints
+from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
 from rlreason.train.optim import make_optimizer
-from rlreason.train.preemption import SigtermListener, any_process
-from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_tokenizer
+from rlreason.train.preemption import StopSignals, any_process
+from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_reward_names, check_tokenizer
 from rlreason.train.writers import open_writers
 from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 from rlreason.verifiers.lenient import metric_only_functions
@@ -123,6 +125,7 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     initialize(cfg.distributed)
     mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
     check_batch_geometry(cfg, mesh, rules)
+    check_reward_names(cfg)
     model_cfg, tokenizer, source = load_policy_config(cfg)
     check_tokenizer(cfg, tokenizer, source)
     grpo = cfg.grpo
@@ -262,9 +265,10 @@ def checkpoint_due(cfg: Config, step: int, time_due: bool) -> bool:
 
 
 def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, checkpoints: RunCheckpoints,
-             sigterm: SigtermListener, nonfinite_streak: int) -> int:
+             stop_signals: StopSignals, nonfinite_streak: int) -> int:
     """After step `step`: counts its skipped (non-finite) updates, saves a checkpoint when one is due, and stops
-    the run, saved, on SIGTERM or after too many non-finite steps in a row. Returns the new non-finite streak."""
+    the run, saved, on SIGTERM / SIGINT or after too many non-finite steps in a row. Returns the new non-finite
+    streak."""
     skipped = int(metrics["nonfinite_updates"])
     nonfinite_streak = nonfinite_streak + 1 if skipped else 0
     if skipped:
@@ -272,12 +276,14 @@ def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, 
                        "step(s) in a row; the run stops at train.max_nonfinite_steps=%d)", step, skipped,
                        nonfinite_streak, cfg.train.max_nonfinite_steps)
     diverged = nonfinite_streak >= cfg.train.max_nonfinite_steps
-    preempted, time_due = any_process([sigterm.requested, checkpoints.time_due()])
+    preempted, time_due = any_process([stop_signals.requested, checkpoints.time_due()])
     if preempted or diverged or checkpoint_due(cfg, step, time_due):
         checkpoints.save(step, state, batches, metrics)
     if preempted:
-        raise Preempted(f"SIGTERM received by a process of the run: stopped after step {step} of {cfg.train.steps} "
-                        f"and saved checkpoint {checkpoints.path(step)}; run the same command again to resume")
+        received = stop_signals.received or "a stop signal (SIGTERM or SIGINT)"
+        raise Preempted(f"{received} received by a process of the run: stopped after step {step} of "
+                        f"{cfg.train.steps} and saved checkpoint {checkpoints.path(step)}; run the same command "
+                        f"again to resume")
     if diverged:
         raise Diverged(f"the last {nonfinite_streak} steps (to step {step}) had a NaN/Inf loss or gradient norm "
                        f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); their updates were skipped, so "
@@ -286,17 +292,53 @@ def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, 
     return nonfinite_streak
 
 
+EARLIER_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "model")  # what a new run in an out_dir would overwrite
+
+
+def refuse_to_overwrite(out_dir: epath.Path, checkpoints: RunCheckpoints) -> None:
+    """Raises CheckpointError when `out_dir` holds files of an earlier run (EARLIER_RUN_FILES) but there is no
+    checkpoint to resume that run from: a new run would overwrite them. Collective: the main process looks (it
+    writes those files), every process raises."""
+    found = [name for name in EARLIER_RUN_FILES if (out_dir / name).exists()] if is_main_process() else []
+    if any_process([bool(found)])[0]:
+        raise CheckpointError(f"train.out_dir {str(out_dir)!r} holds {', '.join(found) or 'files'} of an earlier run, "
+                              f"but {str(checkpoints.directory)!r} holds no checkpoint to resume it from, and a new "
+                              f"run would overwrite them; set train.out_dir to a new directory, or move those files "
+                              f"away to start afresh here")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(*directories: epath.Path) -> Iterator[None]:
+    """Removes those of `directories` (and their parents) that did not exist before the block, when the block
+    raises and leaves them empty: a run refused at its start leaves no empty out_dir or checkpoints/ behind.
+    URLs are left alone: object stores hold no empty directories."""
+    created = [path for directory in directories if not is_url(directory)
+               for path in (directory, *directory.parents) if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in sorted(set(created), key=lambda path: len(path.parts), reverse=True):
+            with contextlib.suppress(OSError):  # removed meanwhile by another process of the run
+                if path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        raise
+
+
 def train(cfg: Config, show_progress: bool = True):
     """Runs GRPO to `train.steps`, resuming from the run's newest checkpoint when there is one.
 
-    Returns (final TrainState, Trainer, every step's metrics, resumed ones included). Raises RunStopped when
-    SIGTERM or non-finite steps stop the run early. Call it on the main thread: it handles SIGTERM while it runs.
+    Returns (final TrainState, Trainer, every step's metrics, resumed ones included). Raises RunStopped when a
+    stop signal or non-finite steps stop the run early. Call it on the main thread: it handles SIGTERM and SIGINT
+    while it runs.
     """
     initialize(cfg.distributed)
     out_dir = storage_path(cfg.train.out_dir)
     main_process = is_main_process()
-    with SigtermListener() as sigterm, RunCheckpoints(cfg) as checkpoints:
+    with (StopSignals() as stop_signals, removed_if_left_empty(out_dir, checkpoint_dir(cfg)),
+          RunCheckpoints(cfg) as checkpoints):
         resuming = checkpoints.last_step is not None
+        if not resuming:
+            refuse_to_overwrite(out_dir, checkpoints)
         trainer = build_trainer(cfg, abstract_state=resuming)
         state, start = checkpoints.restore(trainer.state, trainer.batches) if resuming else (trainer.state, 0)
         if cfg.checkpoint.keep_best:
@@ -329,7 +371,8 @@ def train(cfg: Config, show_progress: bool = True):
                     log.write_samples(step, sample_rows(trainer.tokenizer, gather_rows(samples), reward_names, step))
                 bar.set_postfix(reward=f"{metrics['reward']:.2f}", acc=f"{metrics.get('accuracy', float('nan')):.2f}",
                                 len=f"{metrics['completion_length']:.0f}", step_s=f"{elapsed:.2f}")
-                nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, sigterm,
+                nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, stop_signals,
                                             nonfinite_streak)
-    save_model(out_dir / "model", state.params, trainer.model_cfg, trainer.tokenizer)
+        # Inside the signal handling: a stop signal now changes nothing (the last step is saved), so it waits.
+        save_model(out_dir / "model", state.params, trainer.model_cfg, trainer.tokenizer)
     return state, trainer, history

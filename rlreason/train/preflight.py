@@ -12,6 +12,7 @@ from rlreason.config import Config, ConfigError
 from rlreason.parallel.rules import Rules
 from rlreason.tokenizers import Tokenizer, TokenizerError
 from rlreason.tokenizers.templates import check_reasoning_tags, render_prompt
+from rlreason.verifiers.base import get_reward_fn
 
 # Templates whose prompts ask the model for <think> ... </think> <answer> ... </answer>.
 R1_TEMPLATES = ("r1_zero", "r1_short")
@@ -47,3 +48,13 @@ def check_best_metric(cfg: Config, metric_names: list[str]) -> None:
     if cfg.checkpoint.best_metric not in metric_names:
         raise ConfigError(f"config key 'checkpoint.best_metric' got {cfg.checkpoint.best_metric!r}, which is not "
                           f"a metric of the step; choose one of {', '.join(sorted(metric_names))}")
+
+
+def check_reward_names(cfg: Config) -> None:
+    """Every entry of grpo.rewards names a registered reward function (registered on import, so not checkable
+    when the config loads)."""
+    for index, reward in enumerate(cfg.grpo.rewards):
+        try:
+            get_reward_fn(reward.name)
+        except ValueError as error:
+            raise ConfigError(f"config key 'grpo.rewards[{index}].name': {error}") from None

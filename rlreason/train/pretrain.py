@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from rlreason.config import Config
+from rlreason.config import Config, ConfigError
 from rlreason.data import synthetic
 from rlreason.models.store import save_model
 from rlreason.models.transformer import forward, init_params
@@ -61,8 +61,8 @@ def encode_corpus(pairs: list[tuple[str, str]], tokenizer: Tokenizer, seq_len: i
         completion_ids = tokenizer.encode(completion) + [tokenizer.eos_id]
         length = len(prompt_ids) + len(completion_ids)
         if length > seq_len:
-            raise ValueError(f"corpus row {row} has {length} tokens, more than pretrain.seq_len={seq_len}; "
-                             f"raise pretrain.seq_len or shorten the task (task.max_digits)")
+            raise ConfigError(f"config key 'pretrain.seq_len' ({seq_len}) is shorter than corpus row {row}, which has "
+                              f"{length} tokens; raise pretrain.seq_len or shorten the task (task.max_digits)")
         tokens[row, :length] = prompt_ids + completion_ids
         loss_mask[row, len(prompt_ids):length] = 1.0
     return tokens, loss_mask
@@ -89,7 +89,9 @@ def pretrain(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> Pa
     pairs = corpus_texts(cfg, problems)
     tokenizer = tokenizer_for(cfg, pairs)
     if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}")
+        raise ConfigError(f"config key 'model.vocab_size' ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} tokens; raise model.vocab_size to at least {tokenizer.vocab_size}, "
+                          f"or lower tokenizer.vocab_size")
     tokens, loss_mask = encode_corpus(pairs, tokenizer, settings.seq_len)
 
     optimizer, schedule = make_optimizer(settings.optim, settings.steps)
@@ -113,7 +115,6 @@ def pretrain(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> Pa
     bar.close()
     out_dir = Path(out_dir)
     save_model(out_dir, jax.device_get(state.params), cfg.model, tokenizer)
-    if show_progress:
-        print(f"pretrain: {settings.steps} steps in {time.perf_counter() - start:.0f} s, "
-              f"final loss {float(loss):.3f}; model written to {out_dir}")
+    print(f"pretrain: {settings.steps} steps in {time.perf_counter() - start:.0f} s, final loss {float(loss):.3f}; "
+          f"model written to {out_dir}")
     return out_dir

@@ -1,4 +1,4 @@
-"""The command line: help, config errors, and the model-directory commands on a tiny model."""
+"""The command line: help, argument order, config errors, and the model-directory commands on a tiny model."""
 
 import json
 import subprocess
@@ -6,7 +6,12 @@ import sys
 
 import pytest
 
-from rlreason.cli import COMMANDS, main
+from rlreason.cli import COMMANDS, _parse, main
+
+# Each command's required options, with the value they take.
+REQUIRED_OPTIONS = {"pretrain": ["--out", "runs/base"], "eval": ["--model", "runs/base"],
+                    "sample": ["--model", "runs/base", "--prompt", "What is 3+4?"]}
+OVERRIDES = ["train.steps=40", "sampling.temperature=0"]
 
 
 def run_cli(*args):
@@ -21,9 +26,46 @@ def test_every_command_has_help(command, capsys):
     assert COMMANDS[command].split()[0] in capsys.readouterr().out
 
 
+def arrangements(command: str) -> list[list[str]]:
+    """The command's arguments with its options (--quiet and the required ones) before, between and after the
+    config and the overrides."""
+    options = ["--quiet", *REQUIRED_OPTIONS.get(command, [])]
+    config = "configs/demo_cpu.yaml"
+    return [[*options, config, *OVERRIDES], [config, *options, *OVERRIDES], [config, *OVERRIDES, *options],
+            [config, OVERRIDES[0], *options, OVERRIDES[1]], [options[0], config, OVERRIDES[0], *options[1:],
+                                                            OVERRIDES[1]]]
+
+
+@pytest.mark.parametrize("command", [name for name in COMMANDS if name != "convert"])
+def test_options_may_come_anywhere_among_the_config_and_the_overrides(command):
+    for arguments in arrangements(command):
+        args, config, overrides = _parse([command, *arguments])
+        assert (config, overrides, args.quiet) == ("configs/demo_cpu.yaml", OVERRIDES, True), arguments
+        if command in ("eval", "sample"):
+            assert args.model == "runs/base"
+        if command == "pretrain":
+            assert args.out == "runs/base"
+        if command == "sample":
+            assert args.prompt == ["What is 3+4?"]
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["train"], "the first argument must be a config file"),
+    (["train", "train.steps=3"], "the first argument must be a config file"),
+    (["train", "configs/demo_cpu.yaml", "--stepz", "3"], "unrecognized arguments: --stepz"),
+    (["pretrain", "configs/demo_cpu.yaml", "pretrain.steps=4"], "the following arguments are required: --out"),
+])
+def test_a_forgotten_config_or_a_wrong_option_is_a_usage_error(arguments, says, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
 def test_bad_config_is_refused_with_the_key_named(capsys):
     assert main(["train", "configs/demo_cpu.yaml", "grpo.los_type=dapo"]) == 2
-    assert "'grpo.los_type' is unknown. Did you mean 'grpo.loss_type'" in capsys.readouterr().err
+    assert "rlreason train: error: config key 'grpo.los_type' is unknown. Did you mean 'grpo.loss_type'" in \
+        capsys.readouterr().err
     assert main(["train", "configs/missing.yaml"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -39,6 +81,8 @@ def test_sample_and_eval_from_a_model_directory(tiny_base_model):
     assert evaluation.returncode == 0, evaluation.stderr
     summary = json.loads(evaluation.stdout[evaluation.stdout.index("{"):])
     assert summary["num_problems"] == 8 and 0 <= summary["pass@1"] <= 1
+    assert f"eval: model {tiny_base_model} on 8 held-out problems of task 'addition', 4 samples each" in \
+        evaluation.stdout
 
 
 def test_bench_prints_phase_times_and_memory(tiny_base_model):
@@ -46,6 +90,7 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
 
     result = run_cli("bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, f"train.model_dir={tiny_base_model}")
     assert result.returncode == 0, result.stderr
+    assert "random" not in result.stdout  # a trained model: no note about random weights
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("median_step_s", "median_rollout_s", "median_score_s", "median_update_s", "completion_tokens_per_s"):
         assert figures[key] > 0, key
@@ -55,3 +100,38 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert figures["achieved_gflops"] == pytest.approx(figures["step_gflop"] / figures["median_step_s"], rel=0.01)
     assert figures["mfu"] == pytest.approx(figures["achieved_gflops"] / figures["peak_matmul_gflops"], rel=0.01)
     assert 0 < figures["mfu"] < 1 and figures["peak_memory_bytes"] > 0
+
+
+def test_pretrain_with_options_before_the_overrides_ends_with_where_the_model_went(tmp_path, capsys):
+    from tiny_run import TINY_OVERRIDES
+
+    out = tmp_path / "base"
+    assert main(["pretrain", "configs/demo_cpu.yaml", "--out", str(out), *TINY_OVERRIDES, "pretrain.steps=2",
+                 "--quiet"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert summary.startswith("pretrain: 2 steps in") and summary.endswith(f"model written to {out}")
+    assert (out / "model.yaml").is_file()
+
+
+def test_bench_says_it_times_random_weights_without_a_model_dir(capsys):
+    from tiny_run import TINY_OVERRIDES
+
+    # The mesh error stops it before anything compiles, after the note.
+    assert main(["bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "train.model_dir=", "mesh.data=3"]) == 2
+    captured = capsys.readouterr()
+    assert "train.model_dir is empty, so this times a randomly initialised model" in captured.out
+    assert "rlreason bench: error: config keys mesh.data=3" in captured.err
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["convert", "{tmp}/missing", "{tmp}/out"],
+     "rlreason convert: error: '{tmp}/missing' is neither a Hugging Face model directory nor a .gguf file"),
+    (["eval", "configs/demo_cpu.yaml", "--model", "{tmp}/missing"],
+     "rlreason eval: error: '{tmp}/missing/model.yaml' does not exist"),
+    (["sample", "configs/demo_cpu.yaml", "--model", "{tmp}/missing", "--prompt", "What is 1+1?"],
+     "rlreason sample: error: '{tmp}/missing/model.yaml' does not exist"),
+])
+def test_model_directory_commands_refuse_a_missing_source_with_exit_2(arguments, says, tmp_path, capsys):
+    assert main([argument.format(tmp=tmp_path) for argument in arguments]) == 2
+    assert says.format(tmp=tmp_path) in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "a refused command left files behind"

@@ -49,10 +49,12 @@ def start_train(model_dir: Path, out_dir: Path, *overrides: str) -> subprocess.P
 
 
 def run_train(model_dir: Path, out_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Runs a training child to the end; fails the test on a non-zero exit."""
+    """Runs a training child to the end; fails the test on a non-zero exit or a missing closing summary."""
     result = subprocess.run(train_command(model_dir, out_dir, *overrides), cwd=REPO, env=child_env(),
                             capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     assert result.returncode == 0, f"rlreason train exited with {result.returncode}:\n{result.stderr[-4000:]}"
+    assert (f"train: {STEPS} steps done. model {out_dir / 'model'}; metrics {out_dir / 'metrics.jsonl'}; samples "
+            f"{out_dir / 'samples.jsonl'}; checkpoints {out_dir / 'checkpoints'}") in result.stdout, result.stdout
     return result
 
 
