@@ -77,7 +77,7 @@ class StopSignals:
             print(f"\n{name} received: stopping after the step in progress, then saving a checkpoint{hint}",
                   file=sys.stderr, flush=True)
         elif signum == signal.SIGINT:
-            print(f"\nSIGINT received again: aborted without saving (the checkpoints already saved are intact)",
+            print("\nSIGINT received again: aborted without saving (the checkpoints already saved are intact)",
                   file=sys.stderr, flush=True)
             os._exit(ABORTED_EXIT_CODE)
 
