@@ -179,13 +179,16 @@ def test_gke_xpk_submits_a_workload_for_the_slices():
 
 
 def test_local_dry_run_gives_each_process_its_id_and_the_shared_coordinator(tiny_base_model):
-    settings = ["configs/demo_cpu.yaml", f"train.model_dir={tiny_base_model}", "train.steps=100"]
+    from tiny_run import TINY_OVERRIDES
+
+    tiny_model = [override for override in TINY_OVERRIDES if override.startswith("model.")]  # the base's shape
+    settings = ["configs/demo_cpu.yaml", f"train.model_dir={tiny_base_model}", *tiny_model, "train.steps=100"]
     lines = commands(dry_run("local.py", "--num-processes", "2", "--devices-per-process", "4", "--port", "4321",
                              settings=settings))
     assert len(lines) == 3 and lines[-1] == "wait"
     for process_id, line in enumerate(lines[:2]):
         assert line.startswith("JAX_PLATFORMS=cpu ") and line.endswith(" &")
-        assert (f"-m rlreason train configs/demo_cpu.yaml train.model_dir={tiny_base_model} train.steps=100 "
+        assert (f"-m rlreason train {' '.join(settings)} "
                 f"distributed.mode=manual distributed.coordinator_address=127.0.0.1:4321 distributed.num_processes=2 "
                 f"distributed.process_id={process_id} distributed.local_device_count=4 "
                 f"distributed.heartbeat_timeout_s=10 &") in line
