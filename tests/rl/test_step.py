@@ -14,6 +14,7 @@ from tiny_run import tiny_config
 from rlreason.train.loop import build_trainer
 
 REWARD_WEIGHTS = np.asarray([reward.weight for reward in tiny_config().grpo.rewards])
+SCALE_REWARDS = tiny_config().grpo.scale_rewards
 
 
 @functools.cache
@@ -99,8 +100,9 @@ def test_several_updates_per_batch_move_off_policy_clip_and_track_kl(tiny_base_m
 
 
 def sample_arrays(samples):
-    """(combined rewards [B], completion lengths [B], truncated [B]) of one step's Samples, float64."""
-    per_function = np.asarray(samples.rewards, np.float64)
+    """(combined rewards [B], completion lengths [B], truncated [B]) of one step's Samples, float64. The reward
+    functions' columns come first; the metric-only ones after them earn nothing."""
+    per_function = np.asarray(samples.rewards, np.float64)[:, :len(REWARD_WEIGHTS)]
     scored = ~np.isnan(per_function)
     rewards = np.where(scored.any(1), np.where(scored, per_function, 0.0) @ REWARD_WEIGHTS, np.nan)
     roll = samples.rollout
@@ -127,7 +129,7 @@ def test_reported_loss_follows_the_loss_type_normalisation(tiny_base_model, loss
         tiny_base_model, 1, f"grpo.loss_type={loss_type}", "grpo.num_minibatches=2",
         "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0")
     rewards, lengths, _ = sample_arrays(samples[0])
-    advantages = numpy_advantages(rewards, 4, "grpo", "group")
+    advantages = numpy_advantages(rewards, 4, "grpo", SCALE_REWARDS)
     width = samples[0].rollout.tokens.shape[1]
     expected = {name: update_losses(name, advantages, lengths, width, 2) for name in ("grpo", "bnpo", "dr_grpo",
                                                                                       "dapo")}
