@@ -164,4 +164,5 @@ def test_documented_commands_run(document, tmp_path):
                             timeout=1500, stdin=subprocess.DEVNULL)
     ran = [line for line in result.stderr.splitlines() if line.startswith("$ ")]
     assert result.returncode == 0, (f"{document}: the last command of\n" + "\n".join(ran) +
-                                    f"\nfailed with exit code {result.returncode}:\n{result.stderr[-4000:]}")
+                                    f"\nfailed with exit code {result.returncode}:\n{result.stderr[-4000:]}"
+                                    f"\n--- stdout\n{result.stdout[-2000:]}")

@@ -59,6 +59,9 @@ class PromptBatches(grain.DatasetIterator):
         self._parent.set_state(state["position"])
 
 
+ENDLESS_ROWS = 2**62  # rows the stream walks before it ends
+
+
 def _digest(prompts: PromptSet) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for key in ROW_KEYS:
@@ -73,7 +76,9 @@ def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, rows: slice |
         raise ValueError(f"rows {rows.start}:{rows.stop} are not inside a batch of {batch_size} prompts")
     dataset = (grain.MapDataset.source(prompts)
                .shuffle(seed=seed)
-               .repeat(None)
+               # Endless in practice; a finite count because grain's length of an infinite stream batched by
+               # one prompt overflows (train.batch_size=1 crashed).
+               .repeat(ENDLESS_ROWS // max(len(prompts), 1))
                .batch(batch_size)
                .map(lambda batch: {key: values[rows] for key, values in batch.items()}))
     stream = {"rows": len(prompts), "digest": _digest(prompts), "batch_size": batch_size, "seed": seed,

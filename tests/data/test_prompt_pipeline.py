@@ -98,3 +98,10 @@ def test_orbax_checkpoint_restores_the_position(tmp_path, tokenizer):
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
         manager.restore(3, args=ocp.args.Composite(data=checkpoint_restore_args(resumed)))
     assert _take(resumed, 5) == expected
+
+
+def test_one_prompt_per_batch_streams_every_epoch(tmp_path, tokenizer):
+    """train.batch_size=1: grain's length of an endless stream batched by one used to overflow."""
+    prompts = _prompts(tmp_path, tokenizer, 8)
+    golds = _take(prompt_batches(prompts, 1, seed=0), 16)
+    assert sorted(golds[:8]) == sorted(golds[8:]) == list(range(8))
