@@ -129,7 +129,8 @@ def session_script(document: str) -> tuple[str, list[tuple[str, str]]]:
 
 
 def scratch_checkout(tmp_path: Path) -> Path:
-    """A copy of the tracked files in tmp_path/repo, the venv linked in and ../shared beside it."""
+    """A copy of the tracked files in tmp_path/repo, committed there, the venv linked in and ../shared beside
+    it."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     repo = tmp_path / "repo"
     for name in filter(None, files.decode().split("\0")):
@@ -137,6 +138,10 @@ def scratch_checkout(tmp_path: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((ROOT / name).read_bytes())
         os.utime(target, ns=(0, 0))  # older than the venv's install stamp, as in the checkout it was built from
+    # A repository of its own holding these files as committed (the TPU launcher ships committed files only).
+    git = ["git", "-c", "user.name=docs-test", "-c", "user.email=docs-test@localhost"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the documented checkout"]):
+        subprocess.run([*git, *command], cwd=repo, check=True, capture_output=True)
     (repo / ".venv").symlink_to(Path(sys.prefix))  # the venv the tests run in
     (tmp_path / "shared").symlink_to((ROOT.parent / "shared").resolve())
     return repo
