@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from rlreason.config import TaskConfig
+from rlreason.config import ConfigError, TaskConfig
 from rlreason.data.bad_rows import MalformedRow, check_rows, enforce_policy, partition
 from rlreason.data.examples import Split, dataset_name, task_rows
 from rlreason.data.sources import Example
@@ -79,8 +79,9 @@ def load_prompts(task: TaskConfig, split: Split, count: int, tokenizer: Tokenize
     encoded, bad_rows = partition(check_rows(task_rows(task, split, count), encode))
     enforce_policy(bad_rows, task.on_bad_row, dataset_name(task, split))
     if not encoded:
-        raise ValueError(f"{dataset_name(task, split)} has no usable rows ({len(bad_rows)} malformed ones "
-                         f"skipped)")
+        raise ConfigError(f"{dataset_name(task, split)} has no usable rows ({len(bad_rows)} malformed ones "
+                          f"skipped): check task.path, task.prompt_field and task.answer_field, and that prompts fit "
+                          f"sampling.max_prompt_length")
     examples, rows = zip(*encoded)
     return PromptSet(examples, **{key: np.stack([row[key] for row in rows]) for key in ROW_KEYS},
                      skipped_rows=len(bad_rows))

@@ -83,7 +83,7 @@ def pretrain(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> Pa
     """Trains a base model from scratch and writes a model directory to `out_dir`; returns its path."""
     settings = cfg.pretrain
     if settings.carry_slip_rate and cfg.task.name != "addition":
-        raise ValueError(f"pretrain.carry_slip_rate={settings.carry_slip_rate} forgets carries of worked additions, "
+        raise ConfigError(f"pretrain.carry_slip_rate={settings.carry_slip_rate} forgets carries of worked additions, "
                          f"but task.name={cfg.task.name!r}; set pretrain.carry_slip_rate=0 or task.name=addition")
     problems = synthetic.generate(cfg.task, settings.steps * settings.batch_size, cfg.task.seed)
     pairs = corpus_texts(cfg, problems)
