@@ -29,7 +29,7 @@ def last_json_line(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def run_rlreason(steps: int) -> dict:
+def run_rlreason() -> dict:
     result = subprocess.run([sys.executable, "-m", "rlreason", "bench", "configs/bench_peers.yaml"], cwd=ROOT,
                             capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     if result.returncode != 0:
@@ -50,7 +50,7 @@ def run_peer(name: str, peers_home: Path, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each runs every framework once)")
-    parser.add_argument("--steps", type=int, default=10, help="steps per peer run (rlreason's bench times 5)")
+    parser.add_argument("--steps", type=int, default=10, help="steps per peer run (rlreason's bench always times 5)")
     parser.add_argument("--peers-home", default=os.environ.get("PEERS_HOME", "~/.cache/rlreason-peers"))
     parser.add_argument("--peers", default="trl,tunix", help="which peers, comma-separated")
     args = parser.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {"rlreason": [], **{name: [] for name in peers}}
     for round_index in range(args.rounds):
         for name in runs:
-            figures = run_rlreason(args.steps) if name == "rlreason" else run_peer(name, peers_home, args.steps)
+            figures = run_rlreason() if name == "rlreason" else run_peer(name, peers_home, args.steps)
             runs[name].append(figures)
             print(f"round {round_index + 1} {name:9s} {figures['median_step_s']:.3f} s/step  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
