@@ -145,15 +145,16 @@ def _aftermath_of_a_failed_restore(unraisable) -> bool:
 
 
 class _AbandonedOrbaxTasks(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for orbax's reads left behind by a failed restore:
-    an orbax coroutine, or a tensorstore read that asyncio wrapped (its repr names only the storage error)."""
+    """Drops asyncio's "Task (or Future) exception was never retrieved" for orbax's reads left behind by a failed
+    restore: an orbax coroutine, or a tensorstore read that asyncio wrapped as a task or a future (its repr names
+    only the storage error)."""
 
+    UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")
     ABANDONED_READS = ("orbax", "tensorstore", "OCDBT", '"zarr" driver')
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved")
-                    and any(mark in message for mark in self.ABANDONED_READS))
+        return not (message.startswith(self.UNRETRIEVED) and any(mark in message for mark in self.ABANDONED_READS))
 
 
 def _quiet_the_aftermath_of_failed_restores() -> None:

@@ -174,3 +174,19 @@ def test_when_saves_are_due(tiny_base_model, tmp_path):
         time.sleep(0.01)
         assert not checkpoints.time_due(), "0 turns time-based saves off"
 
+
+
+@pytest.mark.parametrize("message, dropped", [
+    ("Task exception was never retrieved\nfuture: <Task finished coro=<_read_array() at /site/orbax/io.py:1>>", True),
+    ("Future exception was never retrieved\nfuture: <Future finished exception=ValueError('DATA_LOSS: Error "
+     "reading \"a/.zarray\" in OCDBT database')>", True),
+    ("Future exception was never retrieved\nfuture: <Future finished exception=KeyError('user code')>", False),
+    ("Executing <Task pending> took 0.2 seconds", False),
+])
+def test_only_the_abandoned_reads_of_a_failed_restore_are_silenced(message, dropped):
+    """asyncio reports an orbax read left behind by a failed restore as a task or as a future; both are dropped
+    once a restore has been tried, and nothing else asyncio logs is."""
+    from rlreason.train.checkpoint import _quiet_the_aftermath_of_failed_restores
+    _quiet_the_aftermath_of_failed_restores()
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
+    assert logging.getLogger("asyncio").filter(record) is (not dropped)
