@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         if not cfg.train.model_dir:
             print("bench: train.model_dir is empty, so this times a randomly initialised model of the config's "
                   "model.* with a tokenizer trained on the task (set train.model_dir to time a trained model)")
-        run_bench(cfg)
+        run_bench(cfg, show_progress)
     return 0
 
 

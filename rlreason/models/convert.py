@@ -29,15 +29,16 @@ def _hf_directory_tokenizer(directory: Path) -> Tokenizer:
                           f"its tokenizer")
 
 
-def convert(source: str | Path, out_dir: str | Path, param_dtype: str = "float32") -> ModelConfig:
+def convert(source: str | Path, out_dir: str | Path, param_dtype: str = "float32",
+            show_progress: bool = False) -> ModelConfig:
     """Writes the rlreason model directory `out_dir` (see `store.save_model`) from a HF directory or a .gguf
     file, with the source's tokenizer (and chat template). Returns the model's config."""
     source = Path(source)
     if source.suffix == ".gguf":
-        params, cfg = import_gguf(source, param_dtype=param_dtype)
+        params, cfg = import_gguf(source, param_dtype=param_dtype, show_progress=show_progress)
         tokenizer = tokenizer_from_gguf(source)
     elif source.is_dir():
-        params, cfg = import_hf(source, param_dtype=param_dtype)
+        params, cfg = import_hf(source, param_dtype=param_dtype, show_progress=show_progress)
         tokenizer = _hf_directory_tokenizer(source)
     else:
         raise CheckpointError(f"{str(source)!r} is neither a Hugging Face model directory nor a .gguf file")
@@ -45,12 +46,12 @@ def convert(source: str | Path, out_dir: str | Path, param_dtype: str = "float32
     return cfg
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path,
-              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ModelConfig:
+def export_hf(model_dir: str | Path, out_dir: str | Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+              show_progress: bool = False) -> ModelConfig:
     """Writes an rlreason model directory as a Hugging Face one: config.json, safetensors, tokenizer files."""
     params, cfg, tokenizer = load_model(model_dir)
     save_hf(params, cfg, out_dir, {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id},
-            max_shard_bytes)
+            max_shard_bytes, show_progress)
     tokenizer.save_to(out_dir)
     return cfg
 
@@ -67,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=("rlreason", "hf"), default="rlreason", help="what to write")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="parameter dtype of the rlreason model directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none is shown unless stderr is a "
+                                                             "terminal)")
     args = parser.parse_args(argv)
     if args.to == "hf":
-        cfg = export_hf(args.source, args.out)
+        cfg = export_hf(args.source, args.out, show_progress=not args.quiet)
         print(f"wrote Hugging Face model {args.out}: {cfg.family}, {cfg.num_layers} layers")
         return 0
-    cfg = convert(args.source, args.out, args.dtype)
+    cfg = convert(args.source, args.out, args.dtype, show_progress=not args.quiet)
     _, tokenizer_file = load_model_config(args.out)
     print(f"wrote rlreason model {args.out}: {cfg.family}, {cfg.num_layers} layers, "
           f"{count_params(param_specs(cfg)) / 1e6:.1f}M parameters ({cfg.param_dtype}), tokenizer {tokenizer_file}")

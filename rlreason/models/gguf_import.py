@@ -188,8 +188,8 @@ def _gguf_tensor_names(cfg: ModelConfig) -> dict:
             "layers": {leaf: "blk.{layer}." + GGUF_LAYER_NAMES[leaf] for leaf in names["layers"]}}
 
 
-def import_gguf(path: str | Path, shardings: Params | None = None,
-                param_dtype: str = "float32") -> tuple[Params, ModelConfig]:
+def import_gguf(path: str | Path, shardings: Params | None = None, param_dtype: str = "float32",
+                show_progress: bool = False) -> tuple[Params, ModelConfig]:
     """(params, ModelConfig) of a GGUF file; see `hf_import.load_params` for `shardings`."""
     path = Path(path)
     if not path.is_file():
@@ -198,4 +198,4 @@ def import_gguf(path: str | Path, shardings: Params | None = None,
     hf_config = hf_config_from_gguf(reader, path)
     cfg = model_config_from_hf(hf_config, param_dtype)
     source = GGUFSource(reader, path, cfg, ARCHITECTURES[hf_config["model_type"]])
-    return load_params(source, cfg, shardings), cfg
+    return load_params(source, cfg, shardings, show_progress), cfg

@@ -19,6 +19,7 @@ from rlreason.config import ModelConfig
 from rlreason.models.families import hf_config_from_model, tensor_names
 from rlreason.models.hf_layout import LEAF_LAYOUTS, hf_shape, to_hf
 from rlreason.models.transformer import Params, param_specs
+from rlreason.progress import progress_bar
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
@@ -43,10 +44,11 @@ def _tensor_thunks(params: Params, cfg: ModelConfig) -> list[tuple[str, int, Cal
 
 
 def save_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, special_ids: dict[str, int | None] | None = None,
-            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, show_progress: bool = False) -> None:
     """Writes `out_dir/config.json` and the weights (in `cfg.param_dtype`) as safetensors.
 
     special_ids: optional {"bos": id, "eos": id, "pad": id} for config.json (see `hf_config_from_model`).
+    show_progress: a bar over the safetensors files written (rlreason.progress).
     """
     if not all(getattr(leaf, "is_fully_addressable", True) for leaf in jax.tree.leaves(params)):
         raise ValueError("save_hf writes from one process, but the params span several; gather them first "
@@ -65,7 +67,8 @@ def save_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, special_ids: 
     for stale in out_dir.glob("model*.safetensors*"):
         stale.unlink()
     weight_map = {}
-    for file_name, shard in zip(file_names, shards):
+    for file_name, shard in progress_bar(list(zip(file_names, shards)), desc="write safetensors", unit="file",
+                                         show=show_progress):
         save_file({name: build() for name, _, build in shard}, str(out_dir / file_name), metadata={"format": "pt"})
         weight_map.update({name: file_name for name, _, _ in shard})
     if len(shards) > 1:

@@ -20,6 +20,7 @@ from rlreason.config import ModelConfig
 from rlreason.models.families import IGNORED_TENSOR_SUFFIXES, TOP_TENSOR_NAMES, model_config_from_hf, tensor_names
 from rlreason.models.hf_layout import LEAF_LAYOUTS, hf_shape, read_leaf_block
 from rlreason.models.transformer import Params, param_specs
+from rlreason.progress import progress_bar
 
 # safetensors dtypes that hold real numbers the params can be cast from.
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -151,9 +152,11 @@ def _check_tensors(source: TensorSource, cfg: ModelConfig, names: Params, specs:
                               f"for, e.g. {unexpected[0]!r} in {source.location(unexpected[0])}")
 
 
-def load_params(source: TensorSource, cfg: ModelConfig, shardings: Params | None = None) -> Params:
+def load_params(source: TensorSource, cfg: ModelConfig, shardings: Params | None = None,
+                show_progress: bool = False) -> Params:
     """The params of `cfg` read from `source`, each leaf created on its sharding (one NamedSharding per leaf;
-    None: all on the first device) in `cfg.param_dtype`. Every device reads only its own block."""
+    None: all on the first device) in `cfg.param_dtype`. Every device reads only its own block.
+    `show_progress`: a bar over the leaves read (rlreason.progress)."""
     specs = param_specs(cfg)
     names = tensor_names(cfg)
     _check_tensors(source, cfg, names, specs)
@@ -176,9 +179,13 @@ def load_params(source: TensorSource, cfg: ModelConfig, shardings: Params | None
                 return np.stack([read_tensor_block(tensor, block[1:]) for tensor in tensors[block[0]]])
             return read_tensor_block(tensors[0], block)
 
-        return jax.make_array_from_callback(spec.shape, sharding, read_block)
+        leaf = jax.make_array_from_callback(spec.shape, sharding, read_block)
+        bar.update()
+        return leaf
 
-    return jax.tree_util.tree_map_with_path(make_leaf, specs, shardings, is_leaf=_is_spec)
+    with progress_bar(total=len(jax.tree.leaves(specs, is_leaf=_is_spec)), desc="read weights", unit="array",
+                      show=show_progress) as bar:
+        return jax.tree_util.tree_map_with_path(make_leaf, specs, shardings, is_leaf=_is_spec)
 
 
 def read_hf_config(directory: str | Path) -> dict:
@@ -189,8 +196,8 @@ def read_hf_config(directory: str | Path) -> dict:
     return json.loads(config_path.read_text())
 
 
-def import_hf(directory: str | Path, shardings: Params | None = None,
-              param_dtype: str = "float32") -> tuple[Params, ModelConfig]:
+def import_hf(directory: str | Path, shardings: Params | None = None, param_dtype: str = "float32",
+              show_progress: bool = False) -> tuple[Params, ModelConfig]:
     """(params, ModelConfig) of a Hugging Face model directory; see `load_params` for `shardings`."""
     cfg = model_config_from_hf(read_hf_config(directory), param_dtype)
-    return load_params(SafetensorsSource(directory), cfg, shardings), cfg
+    return load_params(SafetensorsSource(directory), cfg, shardings, show_progress), cfg

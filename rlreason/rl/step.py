@@ -100,10 +100,12 @@ class Learned(NamedTuple):
 
 
 class Samples(NamedTuple):
-    """What the step sampled, for logging: the rollout [B rows] and each reward function's scores [B, K]."""
+    """What the step sampled, for logging: the rollout [B rows], each reward function's scores [B, K] and the
+    advantage each row was trained with [B]."""
 
     rollout: Rollout
     rewards: jax.Array
+    advantages: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +203,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return state, stats._replace(grad_norm=grad_norm, nonfinite=~finite)
 
     def learn(state: TrainState, roll: Rollout, rewards_per_function):
-        """(state, rollout [B rows], rewards_per_function [B, K]) -> (new state, metrics)."""
+        """(state, rollout [B rows], rewards_per_function [B, K]) -> (new state, metrics, advantages [B])."""
         metrics = {}
         # Rewards -> advantages. Shaping from the rollout (soft overlong punishment) is one more reward column, NaN
         # where no function scored the row so that such rows keep advantage 0.
@@ -247,6 +249,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             rows["ref_logprobs"] = batch_logprobs(state.ref_params, roll)[0]
         generation_tokens = jnp.sum(loss_mask)
         minibatches = jax.tree.map(lambda x: split_rows(x, grpo.num_minibatches), rows)
+        params_before = state.params
 
         def one_pass(state, _):
             return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens), state, minibatches)
@@ -263,7 +266,10 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         state = state_sharding(state)
         metrics.update(step_metrics(roll, rewards_per_function, rewards, advantages, loss_mask, learned))
         metrics["learning_rate"] = learning_rate_fn(state.step * grpo.num_iterations * grpo.num_minibatches - 1)
-        return state, metrics
+        metrics["l2_params"] = optax.global_norm(state.params)
+        # The whole step's change (every update of every iteration), not one update's.
+        metrics["l2_updates"] = optax.global_norm(jax.tree.map(jnp.subtract, state.params, params_before))
+        return state, metrics, advantages.advantages
 
     def step_metrics(roll: Rollout, rewards_per_function, rewards, advantages: Advantages, loss_mask,
                      learned: Learned) -> dict:
@@ -327,8 +333,8 @@ def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size
         rng, sample_rng = jax.random.split(state.rng)
         roll = rollout(state.params, batch, sample_rng)
         rewards_per_function = score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0))
-        state, metrics = learn(state.replace(rng=rng), roll, rewards_per_function)
-        return state, metrics, Samples(roll, rewards_per_function)
+        state, metrics, advantages = learn(state.replace(rng=rng), roll, rewards_per_function)
+        return state, metrics, Samples(roll, rewards_per_function, advantages)
 
     return step
 
@@ -370,11 +376,11 @@ def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_wi
             batch = refill.draw()
         chosen = (kept + dropped)[:prompts]
         roll, rewards_per_function = select_groups(rolls, scores, np.asarray(chosen, np.int32))
-        state, metrics = learn(state.replace(rng=rng), roll, rewards_per_function)
+        state, metrics, advantages = learn(state.replace(rng=rng), roll, rewards_per_function)
         metrics.update({"dynamic_sampling/draws": len(rolls),
                         "dynamic_sampling/dropped_groups": len(dropped),
                         "dynamic_sampling/unfilled_groups": max(prompts - len(kept), 0)})
-        return state, metrics, Samples(roll, rewards_per_function)
+        return state, metrics, Samples(roll, rewards_per_function, advantages)
 
     return step
 

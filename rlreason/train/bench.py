@@ -25,7 +25,8 @@ from rlreason.data import synthetic
 from rlreason.models.store import save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.memory import max_device_bytes
-from rlreason.train.flops import grpo_step_flops, measured_peak_flops
+from rlreason.progress import progress_bar
+from rlreason.train.flops import grpo_step_flops, run_peak_flops
 from rlreason.train.loop import build_trainer
 from rlreason.train.pretrain import corpus_texts, tokenizer_for
 
@@ -56,8 +57,11 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
-def run_bench(cfg: Config) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
+def run_bench(cfg: Config, show_progress: bool = False) -> dict:
+    """Times the step fused (one program) and split (three), TIMED_STEPS steps each after a compiling one;
+    prints the figures and returns them. `show_progress`: a bar over the steps run (rlreason.progress)."""
+    bar = progress_bar(total=2 * (TIMED_STEPS + 1), desc="bench", unit="step", show=show_progress)
+    with tempfile.TemporaryDirectory() as scratch, bar:
         model_dir = cfg.train.model_dir or _random_model_dir(cfg, scratch)
         figures = {"fused": [], "rollout": [], "score": [], "learn": [], "tokens": [], "decoded": []}
         for split in (False, True):
@@ -68,11 +72,14 @@ def run_bench(cfg: Config) -> dict:
             batches = [trainer.prompt_batch(next(trainer.batches)) for _ in range(TIMED_STEPS + 1)]
             if not split:
                 state, first_step_s = _timed(lambda s, b: trainer.step_fn(s, b)[0], state, batches[0])
+                bar.update()
                 for batch in batches[1:]:
                     (state, metrics, _), seconds = _timed(trainer.step_fn, state, batch)
                     figures["fused"].append(seconds)
                     figures["tokens"].append(float(metrics["completion_tokens"]))
                     figures["decoded"].append(float(metrics["completion_length_max"]))  # decode-loop steps
+                    bar.update()
+                    bar.set_postfix(step_s=f"{seconds:.2f}")
                 prompt_width = batches[0]["prompt_tokens"].shape[1]
                 state_bytes = {"params": max_device_bytes(state.params), "opt_state": max_device_bytes(state.opt_state),
                                "params_total": _tree_bytes(state.params), "opt_state_total": _tree_bytes(state.opt_state)}
@@ -84,7 +91,8 @@ def run_bench(cfg: Config) -> dict:
                 roll, rollout_s = _timed(rollout, state.params, batch, sample_rng)
                 golds = jax.numpy.repeat(batch["gold_bytes"], cfg.grpo.num_generations, axis=0)
                 rewards, score_s = _timed(score, roll, golds)
-                (state, _), learn_s = _timed(learn, state.replace(rng=rng), roll, rewards)
+                (state, *_), learn_s = _timed(learn, state.replace(rng=rng), roll, rewards)
+                bar.update()
                 if index:  # the first call of each phase compiles
                     figures["rollout"].append(rollout_s)
                     figures["score"].append(score_s)
@@ -93,7 +101,7 @@ def run_bench(cfg: Config) -> dict:
     rows = cfg.train.batch_size * cfg.grpo.num_generations
     flops = grpo_step_flops(trainer.model_cfg, rows, prompt_width, round(median["decoded"]), cfg.grpo.beta > 0,
                             cfg.grpo.num_iterations)
-    peak = measured_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
+    peak = run_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
     memory, memory_source = peak_memory_bytes()
     result = {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",

@@ -59,3 +59,12 @@ def measured_peak_flops(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -
         jax.block_until_ready(matmul(a, a))
         seconds.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(seconds)
+
+
+def run_peak_flops(dtype=jnp.float32) -> float:
+    """The matmul FLOP/s of all the run's devices together: one device measured, times the device count. On CPU
+    the simulated devices of a process share its host's cores, so there it is one measurement per process."""
+    per_device = measured_peak_flops(dtype)
+    if jax.devices()[0].platform == "cpu":
+        return per_device * jax.process_count()
+    return per_device * jax.device_count()

@@ -35,7 +35,6 @@ import jax
 import numpy as np
 from etils import epath
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from rlreason.config import Config, ConfigError, ModelConfig, RewardConfig, save_config
 from rlreason.data.encoding import load_prompts
@@ -47,12 +46,14 @@ from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules, opt_state_shardings, param_shardings, replicated, rows_sharding
 from rlreason.parallel.sharded_init import init_params_sharded
+from rlreason.progress import progress_bar
 from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
                               make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
+from rlreason.train.flops import grpo_step_flops, run_peak_flops
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import StopSignals, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_reward_names, check_tokenizer
@@ -178,15 +179,25 @@ def step_metric_names(trainer: Trainer, state: TrainState) -> list[str]:
     return list(jax.eval_shape(trainer.functions.step, state, batch)[1])
 
 
+def step_model_flops(cfg: Config, model_cfg: ModelConfig, batch, metrics: dict) -> int:
+    """The model FLOPs of the step that gave `metrics` (rlreason.train.flops), decoding as long as its longest
+    completion. With dynamic sampling's extra draws it counts one draw: MFU then understates the work done."""
+    rows = batch["prompt_tokens"].shape[0] * cfg.grpo.num_generations
+    return grpo_step_flops(model_cfg, rows, batch["prompt_tokens"].shape[1], round(metrics["completion_length_max"]),
+                           cfg.grpo.beta > 0, cfg.grpo.num_iterations)["total"]
+
+
 def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: int) -> list[dict]:
-    """The first rows of a step's samples as JSON-able dicts with each reward function's score."""
+    """The first rows of a step's samples as JSON-able dicts with each reward function's score and the row's
+    advantage."""
     roll, rows = samples.rollout, []
     for row in range(min(SAMPLES_PER_LOG, roll.tokens.shape[0])):
         rewards = {name: (None if np.isnan(value) else float(value))
                    for name, value in zip(reward_names, samples.rewards[row])}
         rows.append({"step": step, "prompt": tokenizer.decode(roll.prompt_tokens[row][roll.prompt_mask[row] > 0]),
                      "completion": tokenizer.decode(roll.tokens[row][roll.completion_mask[row] > 0]),
-                     "length": int(roll.completion_mask[row].sum()), "rewards": rewards})
+                     "length": int(roll.completion_mask[row].sum()), "rewards": rewards,
+                     "advantage": float(samples.advantages[row])})
     return rows
 
 
@@ -351,8 +362,9 @@ def train(cfg: Config, show_progress: bool = True):
         reward_names = [reward.name for reward in cfg.grpo.rewards]
         log = RunLog(cfg, out_dir, main_process, start if resuming else None)
         history, nonfinite_streak = log.history, 0
-        bar = tqdm(range(start, cfg.train.steps), desc="grpo", initial=start, total=cfg.train.steps,
-                   disable=not (show_progress and main_process), dynamic_ncols=True)
+        peak_flops = run_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
+        bar = progress_bar(range(start, cfg.train.steps), desc="grpo", initial=start, total=cfg.train.steps,
+                           show=show_progress and main_process)
         with contextlib.closing(log), contextlib.closing(bar):
             for index in bar:
                 step = index + 1
@@ -362,7 +374,8 @@ def train(cfg: Config, show_progress: bool = True):
                 metrics = {key: float(value) for key, value in jax.device_get(metrics).items()}
                 metrics.update(take_verifier_metrics())  # this step's failed verifier calls, from every host
                 elapsed = time.perf_counter() - start_time
-                metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed)
+                metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed,
+                               mfu=step_model_flops(cfg, trainer.model_cfg, batch, metrics) / elapsed / peak_flops)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
                 history.append(metrics)
                 log.write_metrics(metrics)

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from rlreason.config import Config, ConfigError
 from rlreason.data import synthetic
 from rlreason.models.store import save_model
 from rlreason.models.transformer import forward, init_params
+from rlreason.progress import progress_bar
 from rlreason.rl.step import init_train_state
 from rlreason.tokenizers import Tokenizer, load_tokenizer, train_sentencepiece
 from rlreason.tokenizers.templates import render_prompt
@@ -105,7 +105,7 @@ def pretrain(cfg: Config, out_dir: str | Path, show_progress: bool = True) -> Pa
         return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                              step=state.step + 1), loss
 
-    bar = tqdm(range(settings.steps), desc="pretrain", disable=not show_progress, dynamic_ncols=True)
+    bar = progress_bar(range(settings.steps), desc="pretrain", show=show_progress)
     start = time.perf_counter()
     for index in bar:
         rows = slice(index * settings.batch_size, (index + 1) * settings.batch_size)

@@ -2,7 +2,8 @@
 files and Weights & Biases, chosen by `train.report_to` and written by the main process only.
 
 Each writer takes the same two calls as the JSONL log: `metrics(step, {name: float})` once a step, and
-`samples(step, rows)` with the rows of samples.jsonl (prompt, completion, length, per-function rewards).
+`samples(step, rows)` with the rows of samples.jsonl (prompt, completion, length, per-function rewards,
+advantage).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ def samples_markdown(rows: list[dict]) -> str:
     """A sample table as Markdown (TensorBoard's text plugin renders it): one row per completion."""
     names = list(rows[0]["rewards"]) if rows else []
     escape = lambda text: str(text).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
-    lines = ["| prompt | completion | length | " + " | ".join(names) + " |",
-             "|" + "---|" * (3 + len(names))]
+    lines = ["| prompt | completion | length | " + " | ".join(names) + " | advantage |",
+             "|" + "---|" * (4 + len(names))]
     for row in rows:
         rewards = [("" if row["rewards"][name] is None else f"{row['rewards'][name]:.3g}") for name in names]
         lines.append(f"| {escape(row['prompt'])} | {escape(row['completion'])} | {row['length']} | "
-                     + " | ".join(rewards) + " |")
+                     + " | ".join(rewards) + f" | {row['advantage']:.3g} |")
     return "\n".join(lines)
 
 

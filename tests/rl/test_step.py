@@ -183,3 +183,19 @@ def test_reference_is_synced_every_ref_model_sync_steps(tiny_base_model):
     mixed = jax.tree.map(lambda policy, ref: 0.5 * policy + 0.5 * ref, states[1].params, initial.params)
     assert_same_trees(states[1].ref_params, mixed, rtol=1e-6, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(states[1].params)[0], jax.tree.leaves(initial.params)[0])
+
+
+def test_samples_carry_the_advantages_and_metrics_the_parameter_norms(tiny_base_model):
+    """Samples.advantages are the group-relative advantages of the sampled rewards (numpy reference);
+    l2_params is the norm of the new parameters and l2_updates that of the whole step's change."""
+    initial, states, history, samples = run_steps_with_samples(tiny_base_model, 2)
+    rewards, _, _ = sample_arrays(samples[1])
+    np.testing.assert_allclose(samples[1].advantages, numpy_advantages(rewards, 4, "grpo", SCALE_REWARDS),
+                               rtol=1e-5, atol=1e-5)
+    norm = lambda tree: np.sqrt(sum(np.sum(np.asarray(leaf, np.float64) ** 2) for leaf in jax.tree.leaves(tree)))  # noqa: E731
+    change = jax.tree.map(lambda new, old: np.asarray(new, np.float64) - old, states[1].params, states[0].params)
+    # float32 sums of ~1e5 squares: relative error well under 1e-5. The float32 difference of a parameter before
+    # and after a small step is exact (Sterbenz), so the change's norm carries only the sum's error too.
+    np.testing.assert_allclose(history[1]["l2_params"], norm(states[1].params), rtol=1e-5)
+    np.testing.assert_allclose(history[1]["l2_updates"], norm(change), rtol=1e-4)
+    assert history[1]["l2_updates"] > 0

@@ -27,16 +27,20 @@ def test_tensorboard_events_hold_every_step_metric_and_the_sample_tables(run):
     events.Reload()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2
-    for name in ("reward", "loss", "grad_norm", "completion_length", "learning_rate"):
+    for name in ("reward", "loss", "grad_norm", "completion_length", "learning_rate", "l2_params", "l2_updates"):
         logged = events.Scalars(name)
         assert [event.step for event in logged] == [1, 2]
         assert [event.value for event in logged] == pytest.approx([row[name] for row in metrics], rel=1e-6)
+    # Model FLOPs over a measured matmul peak: a step of tiny matmuls and a decode loop reaches a small part of it.
+    assert all(0 < row["mfu"] < 1 for row in metrics)
     texts = events.Tensors("samples")
     assert [event.step for event in texts] == [1, 2]
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     first_table = texts[0].tensor_proto.string_val[0].decode()
     assert first_table.startswith("| prompt | completion | length |")
     assert samples[0]["prompt"].replace("\n", "<br>") in first_table
+    assert first_table.splitlines()[0].endswith("| advantage |")
+    assert f"| {samples[0]['advantage']:.3g} |" in first_table.splitlines()[2]
 
 
 def test_wandb_offline_run_records_the_metrics_and_samples(run):
