@@ -82,7 +82,7 @@ def run_eval(cfg: Config, model: str, out_dir: str | None = None, show_progress:
     results = evaluator.evaluate_all(params, show_progress=show_progress and is_main_process())
     if is_main_process():
         for name, result in results.items():
-            print(f"eval: {model} on set {name!r}: {result.summary['num_problems']} problems, "
+            print(f"eval: model {model}, set {name!r}: {result.summary['num_problems']} problems, "
                   f"{result.summary['samples_per_problem']} samples each:")
             print(json.dumps(result.summary, indent=2))
         if out_dir is not None:
