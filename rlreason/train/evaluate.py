@@ -58,6 +58,7 @@ from rlreason.tokenizers import Tokenizer
 from rlreason.train.jsonl import append_rows, rows_through, write_rows
 from rlreason.verifiers.answers import canonical_answer
 from rlreason.verifiers.bridge import detokenize, make_scorer, take_verifier_metrics
+from rlreason.verifiers.combine import combine_rewards
 from rlreason.verifiers.format import extract_answer
 from rlreason.verifiers.lenient import lenient_answer_text, metric_only_functions, verdicts
 
@@ -140,6 +141,8 @@ def summarize(rows: list[dict], num_samples: int) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
+    """One set's evaluation: the summary (`summary_names`) and a row per sample (the module docstring's fields)."""
+
     summary: dict[str, float]
     rows: list[dict]
 
@@ -160,7 +163,8 @@ class Evaluator:
         wanted = min(cfg.eval.batch_size, max(len(eval_set.prompts) for eval_set in self.sets))
         self.problems_per_call = -(-wanted // split) * split
         sampling = SamplingParams.from_config(cfg.sampling, temperature=cfg.eval.temperature)
-        rows = lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules))  # noqa: E731
+        split_rows = lambda leaf: jax.lax.with_sharding_constraint(  # noqa: E731
+            leaf, rows_sharding(mesh, leaf.shape, rules))
 
         def sample(params, batch):
             """batch: prompt_tokens, prompt_mask int32 [P, Tp], gold_bytes uint8 [P, Lg], problem int32 [P]."""
@@ -168,7 +172,8 @@ class Evaluator:
             prompt_keys = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, batch["problem"])
             roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
                                    sampling, k, tokenizer.stop_ids, tokenizer.pad_id)
-            return jax.tree.map(rows, (roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
+            # Rows [P * k] stay where their prompts were, split as the scorer splits them.
+            return jax.tree.map(split_rows, (roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
 
         self.sample = jax.jit(sample)  # compiled once: every call has the same shapes and shardings
         grpo = cfg.grpo
@@ -199,8 +204,8 @@ class Evaluator:
         k, prompts = self.num_samples, eval_set.prompts
         functions = scored_functions(eval_set)
         columns = [reward.name for reward in functions]
-        weights = np.asarray([reward.weight for reward in functions], np.float64)
         reward_columns = len(eval_set.rewards)
+        weights = [reward.weight for reward in eval_set.rewards]
         score = self._scorers[tuple(columns)]
         rows = []
         bar = tqdm(total=len(prompts), desc=f"eval {eval_set.name}", unit="problem",
@@ -210,20 +215,20 @@ class Evaluator:
             scores = score(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
             tokens, mask, truncated, scores = gather_rows((roll.tokens, roll.completion_mask, roll.truncated, scores))
             passed = verdicts(scores, columns, columns[:reward_columns], eval_set.accuracy_reward)
+            rewards = np.asarray(combine_rewards(scores[:, :reward_columns], weights), np.float64)  # NaN: none apply
             for problem in range(start, min(start + self.problems_per_call, len(prompts))):
                 example = prompts.examples[problem]
                 for sample in range(k):
                     i = (problem - start) * k + sample
                     text = detokenize(self.tokenizer, tokens[i], mask[i])
-                    applicable = ~np.isnan(scores[i, :reward_columns])
-                    reward = (float(np.sum(scores[i, :reward_columns][applicable] * weights[:reward_columns][applicable]))
-                              if applicable.any() else None)
                     rows.append({
                         "problem": problem, "sample": sample, "question": example.question, "gold": example.answer,
-                        "completion": text, "answer": extract_answer(text), "lenient_answer": lenient_answer_text(text),
+                        "completion": text, "answer": extract_answer(text),
+                        "lenient_answer": lenient_answer_text(text),
                         "correct": bool(passed["answer"][i]), "strict": bool(passed["strict"][i]),
                         "lenient": bool(passed["lenient"][i]), "format": bool(passed["format"][i]),
-                        "length": int(mask[i].sum()), "truncated": bool(truncated[i]), "reward": reward,
+                        "length": int(mask[i].sum()), "truncated": bool(truncated[i]),
+                        "reward": None if np.isnan(rewards[i]) else float(rewards[i]),
                         "rewards": {name: None if np.isnan(value) else float(value)
                                     for name, value in zip(columns, scores[i].tolist())}})
             bar.update(min(self.problems_per_call, len(prompts) - start))
