@@ -49,7 +49,7 @@ from etils import epath
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from rlreason.config import Config, ModelConfig, RewardConfig
+from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.rules import Rules, rows_sharding
@@ -242,9 +242,20 @@ class Evaluator:
         return {eval_set.name: self.evaluate(params, eval_set, show_progress) for eval_set in self.sets}
 
 
+def metric_key(set_name: str, summary_key: str) -> str:
+    """A summary value's key among a run's metrics: eval/<set>/<summary key>."""
+    return f"{EVAL_METRIC_PREFIX}{set_name}/{summary_key}"
+
+
 def eval_metrics(results: dict[str, EvalResult]) -> dict[str, float]:
-    """The summaries as metric-writer keys: eval/<set>/<summary key>."""
-    return {f"eval/{name}/{key}": value for name, result in results.items() for key, value in result.summary.items()}
+    """The summaries as metric-writer keys (`metric_key`)."""
+    return {metric_key(name, key): value for name, result in results.items() for key, value in result.summary.items()}
+
+
+def eval_metric_names(evaluator: Evaluator) -> list[str]:
+    """The metric keys every evaluation of `evaluator` writes."""
+    return [metric_key(eval_set.name, key) for eval_set in evaluator.sets
+            for key in summary_names(evaluator.num_samples)]
 
 
 def write_results(run_dir: epath.Path, step: int, results: dict[str, EvalResult]) -> None:

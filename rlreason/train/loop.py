@@ -55,7 +55,7 @@ from rlreason.sampling.sampler import SamplingParams
 from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
-from rlreason.train.evaluate import build_evaluator, cut_results, eval_metrics, summary_names, write_results
+from rlreason.train.evaluate import build_evaluator, cut_results, eval_metric_names, eval_metrics, write_results
 from rlreason.train.jsonl import rows_through, write_rows
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import StopSignals, any_process
@@ -196,7 +196,7 @@ def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: in
 
 class RunLog:
     """metrics.jsonl and samples.jsonl of a run, and the writers of `train.report_to` (rlreason.train.writers),
-    written by the main process only.
+    written by the main process only (which also cuts eval/ back on resume; the loop writes it).
 
     Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
     """
@@ -332,8 +332,7 @@ def train(cfg: Config, show_progress: bool = True):
                      if cfg.train.eval_every else None)
         state, start = checkpoints.restore(trainer.state, trainer.batches) if resuming else (trainer.state, 0)
         if cfg.checkpoint.keep_best:
-            evaluated = [f"eval/{eval_set.name}/{name}" for eval_set in evaluator.sets
-                         for name in summary_names(cfg.eval.num_samples)] if evaluator else []
+            evaluated = eval_metric_names(evaluator) if evaluator else []
             check_best_metric(cfg, step_metric_names(trainer, state) + evaluated)
         if main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
