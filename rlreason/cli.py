@@ -25,7 +25,8 @@ COMMANDS = {
     "pretrain": "next-token training of a model from scratch on the task's worked solutions (--out DIR)",
     "train": "GRPO training from train.model_dir; writes metrics.jsonl, samples.jsonl, checkpoints/ and model/ to "
              "train.out_dir, resuming from its checkpoints if it has any",
-    "eval": "pass@1 / pass@k / maj@k / format rate of a model directory on the task's held-out problems",
+    "eval": "pass@1 / pass@k / maj@k / format rate of a model directory or a train checkpoint on eval.sets (the "
+            "task's held-out problems by default); --out DIR also writes DIR/eval/<set>.jsonl and the samples",
     "sample": "generate completions from a model directory for prompts given with --prompt",
     "bench": "time the GRPO step (sampling, scoring, update) and print the figures",
     "convert": "convert a Hugging Face directory or a GGUF file to an rlreason model directory, or back (--to hf)",
@@ -70,8 +71,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         if name == "demo":
             command.add_argument("--control", default="shuffle", choices=REWARD_CONTROLS,
                                  help="grpo.reward_control of the control run next to the real one (none: no control)")
-        if name in ("eval", "sample"):
+        if name == "sample":
             command.add_argument("--model", required=True, help="a model directory (from pretrain, train or convert)")
+        if name == "eval":
+            command.add_argument("--model", required=True,
+                                 help="a model directory (from pretrain, train or convert), or a checkpoint of "
+                                      "rlreason train (<train.out_dir>/checkpoints/<step>)")
+            command.add_argument("--out", default=None,
+                                 help="write the summaries and per-sample rows under OUT/eval/ (see "
+                                      "rlreason.train.evaluate)")
         if name == "sample":
             command.add_argument("--prompt", action="append", required=True,
                                  help="a question; repeat for several (rendered with tokenizer.template)")
@@ -149,7 +157,7 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 
-        run_eval(cfg, args.model, show_progress)
+        run_eval(cfg, args.model, args.out, show_progress)
     elif args.command == "sample":
         from rlreason.train.commands import run_sample
 

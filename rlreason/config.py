@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -387,6 +388,8 @@ class TrainConfig:
     batch_size: int = 8  # prompts per step; each is sampled num_generations times
     seed: int = 0
     sample_every: int = 10
+    # Evaluate eval.sets every this many steps and after the last step (rlreason.train.evaluate); 0: never.
+    eval_every: int = 0
     split_step: bool = False  # sample, score and update as separately compiled functions (debugging)
     model_dir: str = ""  # start from this model directory (rlreason pretrain / convert); empty: random init
     out_dir: str = "runs/default"
@@ -401,6 +404,7 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size", "max_nonfinite_steps"):
             _require(getattr(self, key) >= 1, f"{path}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.eval_every >= 0, f"{path}.eval_every", f"must be >= 0 (0: no evaluation), got {self.eval_every}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,7 +413,9 @@ class CheckpointConfig:
 
     A run saves every `every_steps` steps, whenever `every_seconds` have passed since its last save, after its
     last step, and when it is stopped (SIGTERM, SIGINT, non-finite steps). It keeps the newest `keep_last` checkpoints
-    plus the `keep_best` ones with the best `best_metric` (a key of metrics.jsonl, e.g. reward or accuracy).
+    plus the `keep_best` ones with the best `best_metric`: a key of metrics.jsonl, a training metric (reward,
+    accuracy) or an evaluation one, `eval/<set>/<metric>` (e.g. eval/heldout/pass@1_lenient), which only the
+    checkpoints of evaluated steps carry (so checkpoint.every_steps must be a multiple of train.eval_every).
     """
 
     dir: str = ""  # empty: <train.out_dir>/checkpoints
@@ -430,11 +436,56 @@ class CheckpointConfig:
         _require(self.keep_best >= 0, f"{path}.keep_best", f"must be >= 0, got {self.keep_best}")
 
 
+# Where an eval set's problems come from: the run's own task, or another source of `TaskConfig.name`.
+EvalSource = Literal["task", "addition", "multiplication", "countdown", "gsm8k", "math", "jsonl", "reasoning_gym"]
+EVAL_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a metric key part and a file name
+EVAL_METRIC_PREFIX = "eval/"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSetConfig:
+    """One held-out set of `eval.sets` (resolved by rlreason.data.eval_sets).
+
+    source `task`: the held-out split of the run's own task (task.*). gsm8k / math / jsonl: the rows of the file
+    or folder `path`, read as that source reads them (gsm8k: `question`, the number after `####`; math:
+    `problem`, the LaTeX `answer`; jsonl: `question`, `answer`). addition / multiplication / countdown: generated
+    from task.seed's held-out stream with task.*'s digit settings; reasoning_gym: the generator
+    `reasoning_gym_name`. `num_problems` caps how many (0: task.num_eval).
+    """
+
+    name: str
+    source: EvalSource = "task"
+    path: str = ""
+    reasoning_gym_name: str = ""
+    num_problems: int = 0
+
+    def validate(self, path: str) -> None:
+        _require(EVAL_SET_NAME.fullmatch(self.name) is not None, f"{path}.name",
+                 f"must be letters, digits, '_', '.' or '-' (it names files and metric keys), got {self.name!r}")
+        _require(self.source not in ("gsm8k", "math", "jsonl") or self.path != "", f"{path}.path",
+                 f"must name a .jsonl / .parquet file or a folder of them for {path}.source={self.source!r}")
+        _require(self.source != "reasoning_gym" or self.reasoning_gym_name != "", f"{path}.reasoning_gym_name",
+                 f"must name a reasoning-gym generator for {path}.source='reasoning_gym'")
+        _require(self.num_problems >= 0, f"{path}.num_problems",
+                 f"must be >= 0 (0: task.num_eval), got {self.num_problems}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    num_samples: int = 8  # k for pass@k
+    """`rlreason eval` and the evaluation every train.eval_every steps (rlreason.train.evaluate)."""
+
+    num_samples: int = 8  # k for pass@k and maj@k
     temperature: float = 1.0
-    batch_size: int = 64
+    batch_size: int = 64  # problems sampled at once, across all devices (rounded up to split over them)
+    sets: tuple[EvalSetConfig, ...] = (EvalSetConfig("heldout"),)
+
+    def validate(self, path: str) -> None:
+        _require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")
+        _require(self.temperature >= 0, f"{path}.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        _require(self.batch_size >= 1, f"{path}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(len(self.sets) > 0, f"{path}.sets", "needs at least one set")
+        names = [eval_set.name for eval_set in self.sets]
+        _require(len(set(names)) == len(names), f"{path}.sets", f"names a set twice: {names}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,7 +506,7 @@ class Config:
         _require(bool(self.tokenizer.path) or self.tokenizer.vocab_size <= self.model.vocab_size,
                  "tokenizer.vocab_size",
                  f"must be <= model.vocab_size ({self.model.vocab_size}), got {self.tokenizer.vocab_size}")
-        _require(self.eval.num_samples >= 1, "eval.num_samples", "must be >= 1")
+        self._validate_eval_best_metric()
         rollouts = self.train.batch_size * self.grpo.num_generations
         _require(rollouts % self.grpo.num_minibatches == 0, "grpo.num_minibatches",
                  f"must divide train.batch_size * grpo.num_generations = {rollouts}, "
@@ -467,6 +518,24 @@ class Config:
         _require(self.grpo.overlong_buffer_length < self.sampling.max_completion_length, "grpo.overlong_buffer_length",
                  f"must be < sampling.max_completion_length ({self.sampling.max_completion_length}), got "
                  f"{self.grpo.overlong_buffer_length}")
+
+    def _validate_eval_best_metric(self) -> None:
+        """An evaluation metric as checkpoint.best_metric needs evaluations, at the steps checkpoints are saved."""
+        metric = self.checkpoint.best_metric
+        if not (self.checkpoint.keep_best and metric.startswith(EVAL_METRIC_PREFIX)):
+            return
+        parts = metric.split("/", 2)
+        names = [eval_set.name for eval_set in self.eval.sets]
+        _require(len(parts) == 3 and parts[1] in names, "checkpoint.best_metric",
+                 f"must look like eval/<set>/<metric> with <set> one of eval.sets ({', '.join(names)}), got "
+                 f"{metric!r}")
+        _require(self.train.eval_every > 0, "train.eval_every",
+                 f"must be > 0: checkpoint.best_metric={metric!r} is an evaluation metric, and with "
+                 f"train.eval_every=0 nothing evaluates")
+        every = self.checkpoint.every_steps
+        _require(every > 0 and every % self.train.eval_every == 0, "checkpoint.every_steps",
+                 f"must be a positive multiple of train.eval_every ({self.train.eval_every}), so that the checkpoints "
+                 f"checkpoint.best_metric={metric!r} ranks are saved at evaluated steps; got {every}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -236,6 +236,10 @@ CASES = [
     ("unknown best metric", run("checkpoint.keep_best=1", "checkpoint.best_metric=rewardz"), ConfigError,
      ["config key 'checkpoint.best_metric' got 'rewardz', which is not a metric of the step",
       "choose one of", "reward"]),
+    ("unknown eval metric", run("checkpoint.keep_best=1", "checkpoint.best_metric=eval/heldout/pass@9",
+                                "train.eval_every=1", "checkpoint.every_steps=1"), ConfigError,
+     ["config key 'checkpoint.best_metric' got 'eval/heldout/pass@9', which is not a metric of the step (nor of an "
+      "evaluation)", "eval/heldout/pass@1_lenient", "eval/heldout/maj@4_strict"]),
     ("checkpoint directory is a file", run(checkpoint_dir_is_a_file), CheckpointError,
      ["checkpoints-file' is a file; point checkpoint.dir (or train.out_dir) elsewhere"]),
     ("resume required, no checkpoint directory", run("checkpoint.resume=required"), CheckpointError,

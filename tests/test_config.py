@@ -65,3 +65,31 @@ def test_configs_are_frozen():
     cfg = load_config(None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.steps = 3  # type: ignore[misc]
+
+
+EVAL_BEST = ["checkpoint.keep_best=1", "checkpoint.best_metric=eval/heldout/pass@1_lenient"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (EVAL_BEST, r"config key 'train.eval_every' must be > 0: checkpoint.best_metric='eval/heldout/pass@1_lenient' "
+                r"is an evaluation metric"),
+    (EVAL_BEST + ["train.eval_every=5", "checkpoint.every_steps=3"],
+     r"config key 'checkpoint.every_steps' must be a positive multiple of train.eval_every \(5\)"),
+    (EVAL_BEST + ["train.eval_every=5"], r"config key 'checkpoint.every_steps' must be a positive multiple"),
+    (["checkpoint.keep_best=1", "checkpoint.best_metric=eval/gsm8k/pass@1", "train.eval_every=5",
+      "checkpoint.every_steps=10"], r"config key 'checkpoint.best_metric' must look like eval/<set>/<metric> with "
+                                    r"<set> one of eval.sets \(heldout\)"),
+    (["eval.sets=[{name: a}, {name: a, source: addition}]"], r"config key 'eval.sets' names a set twice"),
+    (["eval.sets=[{name: 'a b'}]"], r"config key 'eval.sets\[0\].name' must be letters, digits"),
+    (["eval.sets=[{name: gsm, source: gsm8k}]"], r"config key 'eval.sets\[0\].path' must name a .jsonl"),
+    (["eval.sets=[]"], r"config key 'eval.sets' needs at least one set"),
+    (["train.eval_every=-1"], r"config key 'train.eval_every' must be >= 0"),
+])
+def test_evaluation_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_an_eval_best_metric_with_aligned_checkpoints_loads():
+    cfg = load_config(None, EVAL_BEST + ["train.eval_every=5", "checkpoint.every_steps=10"])
+    assert cfg.checkpoint.best_metric == "eval/heldout/pass@1_lenient"

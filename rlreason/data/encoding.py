@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from rlreason.config import ConfigError, TaskConfig
-from rlreason.data.bad_rows import MalformedRow, check_rows, enforce_policy, partition
+from rlreason.data.bad_rows import BadRow, MalformedRow, check_rows, enforce_policy, partition
 from rlreason.data.examples import Split, dataset_name, task_rows
 from rlreason.data.sources import Example
 from rlreason.tokenizers import Tokenizer
@@ -72,17 +72,23 @@ def load_prompts(task: TaskConfig, split: Split, count: int, tokenizer: Tokenize
                  max_prompt_length: int) -> PromptSet:
     """Every example of `split` (see `examples.task_rows`) checked and encoded now, so that a malformed row
     stops the run (or is counted as skipped, per task.on_bad_row) before anything compiles."""
+    return encode_rows(task_rows(task, split, count), task, tokenizer, template, max_prompt_length,
+                       dataset_name(task, split))
+
+
+def encode_rows(rows: list[Example | BadRow], task: TaskConfig, tokenizer: Tokenizer, template: str,
+                max_prompt_length: int, name: str) -> PromptSet:
+    """`rows` checked and encoded as a PromptSet, task.on_bad_row applied; `name` names the rows in errors."""
 
     def encode(example: Example) -> tuple[Example, dict[str, np.ndarray]]:
         return example, encode_example(example, tokenizer, template, max_prompt_length, task.max_gold_bytes)
 
-    encoded, bad_rows = partition(check_rows(task_rows(task, split, count), encode))
-    enforce_policy(bad_rows, task.on_bad_row, dataset_name(task, split))
+    encoded, bad_rows = partition(check_rows(rows, encode))
+    enforce_policy(bad_rows, task.on_bad_row, name)
     if not encoded:
-        raise ConfigError(f"{dataset_name(task, split)} has no usable rows ({len(bad_rows)} malformed ones "
-                          f"skipped): check task.path, task.prompt_field and task.answer_field, and that prompts fit "
+        raise ConfigError(f"{name} has no usable rows ({len(bad_rows)} malformed ones skipped): check its path "
+                          f"and fields (task.prompt_field, task.answer_field), and that prompts fit "
                           f"sampling.max_prompt_length")
-    examples, rows = zip(*encoded)
-    return PromptSet(examples, **{key: np.stack([row[key] for row in rows]) for key in ROW_KEYS},
+    examples, encoded_rows = zip(*encoded)
+    return PromptSet(examples, **{key: np.stack([row[key] for row in encoded_rows]) for key in ROW_KEYS},
                      skipped_rows=len(bad_rows))
-

@@ -68,11 +68,19 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
 
 
 def sample_token(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
-    """One token per row from float32 logits [B, V]."""
+    """One token per row from float32 logits [B, V]; `rng`: one key for the batch, or a key per row [B]."""
     if params.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     filtered = filter_logits(scale_logits(logits, params.temperature), params.top_k, params.top_p)
+    if rng.ndim:
+        return jax.vmap(jax.random.categorical)(rng, filtered).astype(jnp.int32)
     return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def row_keys(prompt_keys: jax.Array, group_size: int) -> jax.Array:
+    """A key per sample [P * group_size] from a key per prompt [P]: sample j of prompt p folds j into p's key."""
+    samples = jnp.tile(jnp.arange(group_size), prompt_keys.shape[0])
+    return jax.vmap(jax.random.fold_in)(jnp.repeat(prompt_keys, group_size), samples)
 
 
 def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, stop_tokens: jax.Array,
@@ -82,7 +90,9 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     contiguous. Jit-able; `cfg`, `sampling`, `pad_id`, `group_size` static.
 
     prompt_tokens, prompt_mask: [P, Tp] (every row holds at least one real token). stop_tokens: [P * group_size,
-    N] int32, the tokens that end each row (pad unused entries with -1).
+    N] int32, the tokens that end each row (pad unused entries with -1). `rng`: one key for the batch, or a key
+    per prompt [P], so that each prompt's samples depend on its key alone, not on the rest of the batch (how
+    evaluation gets the same samples however its problems are batched and spread over devices).
 
     Each prompt is prefilled once, not once per completion: its cache entries and its last position's logits
     are then repeated for the group, which saves (G - 1) / G of the prefill. Only the last prompt position is
@@ -101,11 +111,13 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     batch = prompts * group_size
     next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+    keys = row_keys(rng, group_size) if rng.ndim else rng
+    step_keys = jax.vmap(jax.random.fold_in, (0, None)) if rng.ndim else jax.random.fold_in
 
     def emit(state, index, logits):
         """Samples token `index` from `logits` [B, V] and records it."""
         tokens, logprobs, mask, done = state
-        token = sample_token(logits, jax.random.fold_in(rng, index), sampling)
+        token = sample_token(logits, step_keys(keys, index), sampling)
         alive = ~done
         token = jnp.where(alive, token, pad_id)
         tokens = tokens.at[:, index].set(token)

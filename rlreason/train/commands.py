@@ -1,4 +1,5 @@
-"""The small commands around a model directory: `rlreason sample` and `rlreason eval`."""
+"""The small commands around a model: `rlreason sample` (a model directory) and `rlreason eval` (a model
+directory or a checkpoint of `rlreason train`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ import json
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 
-from rlreason.config import Config
-from rlreason.data.encoding import left_pad, load_prompts
-from rlreason.models.store import load_model
+from rlreason.config import Config, ModelConfig, from_dict
+from rlreason.data.encoding import left_pad
+from rlreason.models.store import load_model, load_model_config, run_model_config
+from rlreason.models.transformer import ParamSpec, param_specs
+from rlreason.parallel.distributed import initialize, is_main_process
+from rlreason.parallel.mesh import make_mesh
+from rlreason.parallel.rules import axis_rules, param_shardings
 from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.storage import storage_path
 from rlreason.tokenizers.templates import render_prompt
-from rlreason.train.evaluate import evaluate
+from rlreason.train.evaluate import EVAL_DIR, build_evaluator, write_results
+from rlreason.train.loop import load_policy_config
 
 
 def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config, seed: int) -> list[str]:
@@ -34,12 +43,49 @@ def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
         print(f"--- {question}\n{text}")
 
 
-def run_eval(cfg: Config, model_dir: str, show_progress: bool = True) -> None:
-    params, model_cfg, tokenizer = load_model(model_dir, run=cfg.model)
-    prompts = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
-                           cfg.sampling.max_prompt_length)
-    summary, _ = evaluate(params, model_cfg, tokenizer, prompts, cfg, seed=cfg.train.seed,
-                          show_progress=show_progress)
-    print(f"eval: model {model_dir} on {summary['num_problems']} held-out problems of task {cfg.task.name!r}, "
-          f"{summary['samples_per_problem']} samples each:")
-    print(json.dumps(summary, indent=2))
+def load_checkpoint_params(checkpoint: epath.Path, model_cfg: ModelConfig, shardings):
+    """The policy params of a `rlreason train` checkpoint (<checkpoint.dir>/<step>), read onto `shardings`
+    (the rest of its state is not read)."""
+    abstract = jax.tree.map(lambda spec, sharding: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype,
+                                                                        sharding=sharding),
+                            param_specs(model_cfg), shardings, is_leaf=lambda node: isinstance(node, ParamSpec))
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(checkpoint / "state", args=ocp.args.PyTreeRestore(
+            item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True))
+    return restored["params"]
+
+
+def evaluated_model(cfg: Config, model: str, mesh, rules):
+    """(params placed on the mesh, ModelConfig, Tokenizer, step) of a model directory (step 0) or of a
+    checkpoint of `rlreason train` (its step; the model and tokenizer of the run's train.model_dir)."""
+    path = storage_path(model)
+    if (path / "state").is_dir() and (path / "config").is_dir():
+        saved = from_dict(json.loads((path / "config" / "metadata").read_text()))
+        model_cfg, tokenizer, _ = load_policy_config(saved)
+        shardings = param_shardings(model_cfg, mesh, rules)
+        return load_checkpoint_params(path, model_cfg, shardings), model_cfg, tokenizer, int(path.name)
+    stored, _ = load_model_config(path)
+    shardings = param_shardings(run_model_config(stored, cfg.model, path), mesh, rules)
+    params, model_cfg, tokenizer = load_model(path, shardings=shardings, run=cfg.model)
+    return params, model_cfg, tokenizer, 0
+
+
+def run_eval(cfg: Config, model: str, out_dir: str | None = None, show_progress: bool = True) -> dict:
+    """Evaluates a model directory or a checkpoint on eval.sets over the config's mesh (every process of the
+    run takes part); prints the summaries and, with `out_dir`, writes them and the samples there
+    (rlreason.train.evaluate's layout, at step 0 for a model directory). Returns {set: EvalResult}."""
+    initialize(cfg.distributed)
+    mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
+    params, model_cfg, tokenizer, step = evaluated_model(cfg, model, mesh, rules)
+    evaluator = build_evaluator(cfg, model_cfg, tokenizer, mesh, rules)
+    results = evaluator.evaluate_all(params, show_progress=show_progress and is_main_process())
+    if is_main_process():
+        for name, result in results.items():
+            print(f"eval: model {model}, set {name!r}: {result.summary['num_problems']} problems, "
+                  f"{result.summary['samples_per_problem']} samples each:")
+            print(json.dumps(result.summary, indent=2))
+        if out_dir is not None:
+            write_results(storage_path(out_dir), step, results)
+            print(f"eval: summaries and samples written to {storage_path(out_dir) / EVAL_DIR}")
+    return results

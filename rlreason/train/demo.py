@@ -1,7 +1,7 @@
 """`rlreason demo`: R1-Zero on a CPU in a few minutes, with a control run that shows what the true reward buys.
 
 1. pretrain a tiny base model on a synthetic task until it usually writes the R1 format but often gets the answer
-   wrong; 2. evaluate it on held-out problems; 3. run GRPO with rule-based rewards only; 4. run the same GRPO
+   wrong; 2. evaluate it on held-out problems (the first of eval.sets); 3. run GRPO with rule-based rewards only; 4. run the same GRPO
    with a reward control (`grpo.reward_control`, default shuffle: the batch's rewards permuted, so they say nothing
    about the completions); 5. evaluate both; 6. write summary.json, report.md and plots under the output folder.
 Accuracy is reported lenient (the answer right anywhere in the completion) first, then strict (format + answer).
@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from rlreason.config import Config, save_config
-from rlreason.data.encoding import load_prompts
-from rlreason.models.store import load_model
-from rlreason.train.evaluate import evaluate
+from rlreason.models.store import load_model, load_model_config, run_model_config
+from rlreason.parallel.mesh import make_mesh
+from rlreason.parallel.rules import axis_rules, param_shardings
+from rlreason.train.evaluate import build_evaluator
 from rlreason.train.loop import train
 from rlreason.train.pretrain import pretrain
 from rlreason.train.report import write_report
@@ -34,14 +35,17 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True, contr
     save_config(cfg, out_dir / "config.yaml")
     seconds, start = {}, time.perf_counter()
     base_dir = pretrain(cfg, out_dir / "base", show_progress)
-    params, model_cfg, tokenizer = load_model(base_dir, run=cfg.model)
-    held_out = load_prompts(cfg.task, "eval", cfg.task.num_eval, tokenizer, cfg.tokenizer.template,
-                            cfg.sampling.max_prompt_length)
+    mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
+    stored, _ = load_model_config(base_dir)
+    params, model_cfg, tokenizer = load_model(
+        base_dir, shardings=param_shardings(run_model_config(stored, cfg.model, base_dir), mesh, rules), run=cfg.model)
+    evaluator = build_evaluator(cfg, model_cfg, tokenizer, mesh, rules)  # compiled once, for all three evaluations
     seconds["pretrain"] = time.perf_counter() - start
 
     def evaluated(label: str, run_params) -> tuple[dict, list[dict]]:
         begin = time.perf_counter()
-        result, rows = evaluate(run_params, model_cfg, tokenizer, held_out, cfg, seed=cfg.train.seed)
+        evaluation = evaluator.evaluate(run_params, evaluator.sets[0])
+        result, rows = evaluation.summary, evaluation.rows
         seconds[f"eval_{label}"] = time.perf_counter() - begin
         if show_progress:
             print(f"{label}: pass@1 lenient {result['pass@1_lenient']:.3f}, strict {result['pass@1_strict']:.3f}, "

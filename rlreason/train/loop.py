@@ -3,13 +3,15 @@
 Writes into `train.out_dir`:
   metrics.jsonl   one JSON object per step (the step's metrics plus step_time_s and tokens_per_s)
   samples.jsonl   a few prompt / completion / reward rows every `train.sample_every` steps
+  eval/           every `train.eval_every` steps and after the last: eval.sets' summaries and samples (layout in
+                  rlreason.train.evaluate), their summaries also in metrics.jsonl as eval/<set>/<metric>
   config.yaml     the resolved configuration
   checkpoints/    the run's checkpoints (`checkpoint.*`, see rlreason.train.checkpoint)
   model/          the trained policy as a model directory (rlreason sample / eval read it)
 
 Resuming: when the checkpoint directory holds checkpoints, `train` continues from the newest one that restores:
-the state, the prompt stream's position, and metrics.jsonl and samples.jsonl cut back to its step (rows written
-after it are dropped, so no step appears twice). With the same config, a run killed and resumed computes
+the state, the prompt stream's position, and metrics.jsonl, samples.jsonl and eval/ cut back to its step (rows
+written after it are dropped, so no step appears twice). With the same config, a run killed and resumed computes
 exactly what an uninterrupted one does. An out_dir that holds the logs or model of an earlier run but no
 checkpoint to resume it from is refused rather than overwritten.
 
@@ -53,7 +55,9 @@ from rlreason.sampling.sampler import SamplingParams
 from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
+from rlreason.train.evaluate import build_evaluator, cut_results, eval_metric_names, eval_metrics, write_results
 from rlreason.train.flops import grpo_step_flops, run_peak_flops
+from rlreason.train.jsonl import rows_through, write_rows
 from rlreason.train.optim import make_optimizer
 from rlreason.train.preemption import StopSignals, any_process
 from rlreason.train.preflight import check_batch_geometry, check_best_metric, check_reward_names, check_tokenizer
@@ -201,32 +205,9 @@ def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: in
     return rows
 
 
-def rows_through(path: epath.Path, step: int) -> list[dict]:
-    """The rows of a JSON-lines log whose "step" is at most `step`. A line that does not parse is dropped: rows
-    are only ever appended, so it can only be the last one, cut short by a kill."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row["step"] <= step:
-            rows.append(row)
-    return rows
-
-
-def write_rows(path: epath.Path, rows: list[dict]) -> None:
-    """Replaces `path` by `rows` in one rename, so that a kill leaves the old file or the new one."""
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    scratch.replace(path)
-
-
 class RunLog:
     """metrics.jsonl and samples.jsonl of a run, and the writers of `train.report_to` (rlreason.train.writers),
-    written by the main process only.
+    written by the main process only (which also cuts eval/ back on resume; the loop writes it).
 
     Resuming from step S keeps their rows up to S and appends after them; `history` holds the kept metric rows.
     """
@@ -242,6 +223,7 @@ class RunLog:
             if resumed_step is not None:
                 for path, rows in zip(paths, kept):
                     write_rows(path, rows)
+                cut_results(out_dir, resumed_step)
             mode = "w" if resumed_step is None else "a"
             self.metrics, self.samples = (path.open(mode) for path in paths)
 
@@ -266,6 +248,12 @@ class RunLog:
             self.samples.close()
         for writer in self.writers:
             writer.close()
+
+
+def eval_due(cfg: Config, step: int) -> bool:
+    """An evaluation after `step`: every train.eval_every steps and after the last step (0: never)."""
+    every = cfg.train.eval_every
+    return every > 0 and (step % every == 0 or step == cfg.train.steps)
 
 
 def checkpoint_due(cfg: Config, step: int, time_due: bool) -> bool:
@@ -303,7 +291,7 @@ def end_step(cfg: Config, step: int, metrics: dict, state: TrainState, batches, 
     return nonfinite_streak
 
 
-EARLIER_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "model")  # what a new run in an out_dir would overwrite
+EARLIER_RUN_FILES = ("metrics.jsonl", "samples.jsonl", "eval", "model")  # what a new run in an out_dir would overwrite
 
 
 def refuse_to_overwrite(out_dir: epath.Path, checkpoints: RunCheckpoints) -> None:
@@ -351,9 +339,12 @@ def train(cfg: Config, show_progress: bool = True):
         if not resuming:
             refuse_to_overwrite(out_dir, checkpoints)
         trainer = build_trainer(cfg, abstract_state=resuming)
+        evaluator = (build_evaluator(cfg, trainer.model_cfg, trainer.tokenizer, trainer.mesh, axis_rules(cfg.mesh))
+                     if cfg.train.eval_every else None)
         state, start = checkpoints.restore(trainer.state, trainer.batches) if resuming else (trainer.state, 0)
         if cfg.checkpoint.keep_best:
-            check_best_metric(cfg, step_metric_names(trainer, state))
+            evaluated = eval_metric_names(evaluator) if evaluator else []
+            check_best_metric(cfg, step_metric_names(trainer, state) + evaluated)
         if main_process:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out_dir / "config.yaml")
@@ -377,6 +368,11 @@ def train(cfg: Config, show_progress: bool = True):
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed,
                                mfu=step_model_flops(cfg, trainer.model_cfg, batch, metrics) / elapsed / peak_flops)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
+                if eval_due(cfg, step):  # every process evaluates its share; the main one writes
+                    results = evaluator.evaluate_all(state.params)
+                    metrics.update(eval_metrics(results))
+                    if main_process:
+                        write_results(out_dir, step, results)
                 history.append(metrics)
                 log.write_metrics(metrics)
                 if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):

@@ -44,10 +44,12 @@ def check_tokenizer(cfg: Config, tokenizer: Tokenizer, source: str) -> None:
 
 
 def check_best_metric(cfg: Config, metric_names: list[str]) -> None:
-    """checkpoint.best_metric (which checkpoint.keep_best ranks by) names one of the step's metrics."""
+    """checkpoint.best_metric (which checkpoint.keep_best ranks by) names one of `metric_names`: the step's
+    metrics, and the evaluation's (eval/<set>/<metric>) when train.eval_every > 0."""
     if cfg.checkpoint.best_metric not in metric_names:
         raise ConfigError(f"config key 'checkpoint.best_metric' got {cfg.checkpoint.best_metric!r}, which is not "
-                          f"a metric of the step; choose one of {', '.join(sorted(metric_names))}")
+                          f"a metric of the step (nor of an evaluation); choose one of "
+                          f"{', '.join(sorted(metric_names))}")
 
 
 def check_reward_names(cfg: Config) -> None:

@@ -87,6 +87,22 @@ def test_same_seed_same_samples_other_seed_other_samples(setup):
     assert not np.array_equal(first.tokens, other.tokens)
 
 
+def test_a_key_per_prompt_makes_its_samples_independent_of_the_rest_of_the_batch(setup):
+    """Prompt p's samples with key k_p: the same whether p is sampled with the others or alone."""
+    params, tokens, mask, stops = setup
+    sampling, group = SamplingParams(max_new_tokens=12, temperature=1.0), 3
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(7), jnp.arange(4))
+    row_stops = np.repeat(stops, group, axis=0)
+    together = generate_jit(params, tokens, mask, row_stops, keys, cfg=CFG, sampling=sampling, group_size=group)
+    for prompt in range(4):
+        rows = slice(prompt * group, (prompt + 1) * group)
+        alone = generate_jit(params, tokens[prompt:prompt + 1], mask[prompt:prompt + 1], row_stops[rows],
+                             keys[prompt:prompt + 1], cfg=CFG, sampling=sampling, group_size=group)
+        np.testing.assert_array_equal(alone.tokens, together.tokens[rows])
+        np.testing.assert_array_equal(alone.completion_mask, together.completion_mask[rows])
+    assert len({tuple(row) for row in np.asarray(together.tokens[:group])}) > 1, "a group's samples differ"
+
+
 def test_top_k_and_top_p_keep_the_right_tokens():
     logits = jnp.log(jnp.asarray([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     assert np.isfinite(filter_logits(logits, 2, 1.0)).tolist() == [[True, True, False, False, False]]

@@ -85,13 +85,17 @@ def test_state_and_data_position_round_trip(trainer, tiny_base_model, tmp_path):
      [0.5, float("nan"), 0.1, 0.7, 0.6], [3, 5]),
     # no best: the newest two only.
     (["checkpoint.keep_last=2"], [0.9, 0.8, 0.7, 0.6, 0.5], [4, 5]),
+    # an eval metric, carried by the evaluated steps only (None: not evaluated, e.g. a time-based save): the
+    # newest (5) and the best two evaluated ones (2, 4); the others rank worst.
+    (["checkpoint.keep_last=1", "checkpoint.keep_best=2", "checkpoint.best_metric=eval/heldout/pass@1_lenient",
+      "train.eval_every=2", "checkpoint.every_steps=2"], [None, 0.5, None, 0.25, None], [2, 4, 5]),
 ])
 def test_keeps_the_newest_and_the_best(trainer, tiny_base_model, tmp_path, keep, values, kept):
     cfg = run_config(tiny_base_model, tmp_path, *keep)
     metric = cfg.checkpoint.best_metric
     with RunCheckpoints(cfg) as checkpoints:
         for step, value in enumerate(values, start=1):
-            checkpoints.save(step, trainer.state, trainer.batches, {metric: value})
+            checkpoints.save(step, trainer.state, trainer.batches, {"reward": 0.0} if value is None else {metric: value})
     assert saved_steps(tmp_path) == kept
 
 

@@ -81,8 +81,7 @@ def test_sample_and_eval_from_a_model_directory(tiny_base_model):
     assert evaluation.returncode == 0, evaluation.stderr
     summary = json.loads(evaluation.stdout[evaluation.stdout.index("{"):])
     assert summary["num_problems"] == 8 and 0 <= summary["pass@1"] <= 1
-    assert f"eval: model {tiny_base_model} on 8 held-out problems of task 'addition', 4 samples each" in \
-        evaluation.stdout
+    assert f"eval: model {tiny_base_model}, set 'heldout': 8 problems, 4 samples each" in evaluation.stdout
 
 
 def test_bench_prints_phase_times_and_memory(tiny_base_model):
