@@ -1,15 +1,17 @@
 """Test-time compute: accuracy as a function of the samples drawn per problem and of the token budget.
 
 Reads the per-sample rows of an evaluation (`eval/<set>/step_<N>.jsonl`: n consecutive rows per problem, each
-with `answer` (the extracted answer, None when none), `reward`, `length` and the verdicts `lenient` / `strict`)
-and computes, for k = 1, 2, 4, ... n and each verdict:
+with `answer` (the `<answer>` text, None when none), `lenient_answer` (the answer found anywhere, None when
+none), `reward`, `length`, `format` and the verdicts `lenient` / `strict`) and computes, for k = 1, 2, 4, ... n
+and each verdict:
 
 - pass@k: the unbiased estimate from the n samples, 1 - C(n-c, k) / C(n, k) (`evaluate.pass_at_k`).
 - maj@k: the exact expectation, over every k-subset of the n samples, of "the subset's most frequent answer is
-  right". Votes are the `answer` texts after `canonical_answer`; an unparseable sample (no answer, or only
-  whitespace) casts no vote, and a subset with no vote counts as wrong. Ties are broken uniformly at random, so
-  a subset whose top answers tie counts the fraction of them that is right. An answer is right when the samples
-  that gave it are right in the verdict (any of them: the answer text is what the vote picks).
+  right", with the evaluation's own votes (`rlreason.train.evaluate`): strict, the `answer` after
+  `canonical_answer` of the samples in the format; lenient, the `lenient_answer`. An unparseable sample (no
+  answer) casts no vote, and a subset with no vote counts as wrong. Ties are broken uniformly at random, so a
+  subset whose top answers tie counts the fraction of them that is right. An answer is right when a sample
+  that gave it is right in the verdict. At k = n this is the evaluation's maj@n.
 - best-of-k: the exact expectation, over every k-subset, of "the subset's sample with the highest `reward`
   (the verifier's score) is right in the verdict"; ties in reward broken uniformly at random; a missing or NaN
   reward ranks lowest.
@@ -35,6 +37,9 @@ from rlreason.verifiers.answers import canonical_answer
 VERDICTS = ("lenient", "strict")
 METHODS = ("pass", "maj", "best")  # summary keys `<method>@<k>_<verdict>`
 METHOD_NAMES = {"pass": "pass@k", "maj": "maj@k", "best": "best-of-k (verifier)"}
+# The row keys a (method, verdict) reads besides the verdict and `length`; rows without them skip it.
+NEEDS = {("maj", "lenient"): ("lenient_answer",), ("maj", "strict"): ("answer", "format"),
+         ("best", "lenient"): ("reward",), ("best", "strict"): ("reward",)}
 
 
 class SampleRowsError(ValueError):
@@ -72,12 +77,12 @@ def token_budgets(lengths: np.ndarray) -> list[int]:
     return sample_counts(longest)
 
 
-def vote(answer) -> str | None:
-    """The vote a sample's extracted answer casts: its canonical text, or None (no vote) when it has none."""
-    if answer is None:
-        return None
-    text = canonical_answer(str(answer))
-    return text or None
+def votes(rows: list[dict], verdict: str) -> list[str | None]:
+    """Each sample's vote for maj@k in `verdict` (module docstring); None: no vote."""
+    if verdict == "lenient":
+        return [row["lenient_answer"] for row in rows]
+    return [canonical_answer(row["answer"]) if row["answer"] is not None and row["format"] else None
+            for row in rows]
 
 
 def majority_at_k(votes: list[str | None], right: list[bool], k: int) -> float:
@@ -131,8 +136,11 @@ def best_of_k(rewards: list[float], right: list[bool], k: int) -> float:
 
 def sample_curves(rows: list[dict]) -> list[dict]:
     """One row per k = 1, 2, 4, ... n: {"k", "tokens" (k * mean length), "pass@k_lenient", "maj@k_lenient",
-    "best@k_lenient", and the same `_strict`}, each a mean over the problems."""
+    "best@k_lenient", and the same `_strict`}, each a mean over the problems; a method whose row keys
+    (NEEDS) the rows lack, an evaluation that did not record them, is left out."""
     groups = problems(rows)
+    computed = [(method, verdict) for verdict in VERDICTS for method in METHODS
+                if all(key in row for row in rows for key in NEEDS.get((method, verdict), ()))]
     n = len(groups[0])
     mean_length = float(np.mean([row["length"] for row in rows]))
     curves = []
@@ -141,10 +149,12 @@ def sample_curves(rows: list[dict]) -> list[dict]:
         for verdict in VERDICTS:
             right = [[bool(row[verdict]) for row in group] for group in groups]
             point[f"pass@k_{verdict}"] = float(np.mean([pass_at_k(n, sum(ok), k) for ok in right]))
-            point[f"maj@k_{verdict}"] = float(np.mean([
-                majority_at_k([vote(row.get("answer")) for row in group], ok, k) for group, ok in zip(groups, right)]))
-            point[f"best@k_{verdict}"] = float(np.mean([
-                best_of_k([row.get("reward") for row in group], ok, k) for group, ok in zip(groups, right)]))
+            if ("maj", verdict) in computed:
+                point[f"maj@k_{verdict}"] = float(np.mean([majority_at_k(votes(group, verdict), ok, k)
+                                                           for group, ok in zip(groups, right)]))
+            if ("best", verdict) in computed:
+                point[f"best@k_{verdict}"] = float(np.mean([best_of_k([row["reward"] for row in group], ok, k)
+                                                            for group, ok in zip(groups, right)]))
         curves.append(point)
     return curves
 
@@ -163,10 +173,15 @@ def budget_curve(rows: list[dict], budgets: list[int] | None = None) -> list[dic
     return curve
 
 
+def columns_of(samples: list[dict]) -> list[tuple[str, str]]:
+    """The (method, verdict) pairs that `sample_curves` computed, verdict by verdict."""
+    return [(method, verdict) for verdict in VERDICTS for method in METHODS if f"{method}@k_{verdict}" in samples[0]]
+
+
 def markdown_tables(samples: list[dict], budgets: list[dict]) -> list[str]:
     """The two curves as Markdown tables (lines)."""
     methods = [(f"{method}@k_{verdict}", f"{METHOD_NAMES[method]}, {verdict}")
-               for verdict in VERDICTS for method in METHODS]
+               for method, verdict in columns_of(samples)]
     lines = ["| k | tokens / problem | " + " | ".join(name for _, name in methods) + " |",
              "| --- | --- |" + " --- |" * len(methods)]
     lines += [f"| {point['k']} | {point['tokens']:.0f} | " + " | ".join(f"{point[key]:.3f}" for key, _ in methods)
@@ -185,10 +200,11 @@ def plot_test_time_compute(samples: list[dict], budgets: list[dict], path: Path,
     figure = Figure(figsize=(6, 4), dpi=100)
     axis = figure.subplots()
     tokens = [point["tokens"] for point in samples]
-    for verdict, style in zip(VERDICTS, ("-", "--")):
-        for color, method in zip(("C0", "C1", "C2"), METHODS):
-            axis.plot(tokens, [point[f"{method}@k_{verdict}"] for point in samples], style, marker="o",
-                      markersize=3, color=color, label=f"{METHOD_NAMES[method]}, {verdict}")
+    styles = dict(zip(VERDICTS, ("-", "--")))
+    for method, verdict in columns_of(samples):
+        axis.plot(tokens, [point[f"{method}@k_{verdict}"] for point in samples], styles[verdict], marker="o",
+                  markersize=3, color=f"C{METHODS.index(method)}", label=f"{METHOD_NAMES[method]}, {verdict}")
+    for verdict, style in styles.items():
         axis.plot([point["tokens"] for point in budgets], [point[verdict] for point in budgets], style, marker="s",
                   markersize=3, color="C3", label=f"1 sample, budget B, {verdict}")
     axis.set_xscale("log", base=2)

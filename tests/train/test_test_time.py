@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from rlreason.train.test_time import (SampleRowsError, best_of_k, budget_curve, majority_at_k, markdown_tables,
-                                      plot_test_time_compute, problems, sample_counts, sample_curves, vote)
+                                      plot_test_time_compute, problems, sample_counts, sample_curves, votes)
 
 
 def subset_majority(votes, right, subset) -> Fraction:
@@ -60,23 +60,31 @@ def test_best_of_k_breaks_reward_ties_evenly_and_ranks_a_missing_reward_lowest_b
 def test_majority_and_best_of_k_equal_the_enumeration_of_every_subset(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 9))
-    alphabet = ["1", "2", "3", "04", "4", None]  # "04" votes with "4" (canonical answers); two right answers
-    votes = [alphabet[i] for i in rng.integers(0, len(alphabet), n)]
-    canonical = [None if vote is None else str(int(vote)) for vote in votes]
-    right = [vote in ("3", "4") for vote in canonical]
+    alphabet = ["1", "2", "3", "4", None]  # two right answers, and no vote
+    cast = [alphabet[i] for i in rng.integers(0, len(alphabet), n)]
+    right = [vote in ("3", "4") for vote in cast]
     rewards = [float(value) for value in rng.choice([0.0, 0.5, 1.0, np.nan], n)]
     for k in range(1, n + 1):
         # Sums of at most C(8, 4) = 70 terms of size <= 1 in float64: exact to a few ulps.
-        assert majority_at_k([vote(v) for v in votes], right, k) == pytest.approx(
-            brute_force(subset_majority, canonical, right, k), abs=1e-12), (votes, k)
+        assert majority_at_k(cast, right, k) == pytest.approx(brute_force(subset_majority, cast, right, k),
+                                                              abs=1e-12), (cast, k)
         assert best_of_k(rewards, right, k) == pytest.approx(brute_force(subset_best, rewards, right, k),
                                                              abs=1e-12), (rewards, k)
+
+
+def test_votes_are_the_evaluations_strict_from_the_format_lenient_anywhere():
+    rows = [{"answer": " 04", "lenient_answer": "04", "format": True}, {"answer": "4", "lenient_answer": "4",
+                                                                       "format": False},
+            {"answer": None, "lenient_answer": "5", "format": False}]
+    assert votes(rows, "strict") == ["4", None, None]  # canonical text; no vote outside the format
+    assert votes(rows, "lenient") == ["04", "4", "5"]
 
 
 def rows_of(problem_rows):
     """Per-sample rows of eval/<set>/step_<N>.jsonl's shape."""
     return [{"question": question, "gold": "4", "completion": "...", "correct": lenient and strict, "strict": strict,
-             "lenient": lenient, "format": strict, "length": length, "reward": reward, "answer": answer}
+             "lenient": lenient, "format": strict, "length": length, "reward": reward, "answer": answer,
+             "lenient_answer": answer}
             for question, samples in problem_rows for lenient, strict, length, reward, answer in samples]
 
 
