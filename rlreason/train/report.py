@@ -247,10 +247,11 @@ def run_sections(runs: dict[str, Run], out_dir: Path, held_out: dict[str, list[d
     lines = curve_section({label: run.metrics for label, run in runs.items()}, out_dir)
     for name, rows in main.evaluations.items():
         lines += ["", *evaluation_section(name, rows, out_dir)]
+    # title -> (plot name, per-sample rows): the run's newest evaluation of each set, then `held_out`.
     per_sample = {f"{name}, step {step}": (f"test_time_{name}", rows)
                   for name, (step, rows) in main.eval_samples.items()}
-    per_sample.update({title: (f"test_time_{index}", rows) for index, (title, rows) in enumerate((held_out or {})
-                                                                                                .items())})
+    for index, (title, rows) in enumerate((held_out or {}).items()):
+        per_sample[title] = (f"test_time_{index}", rows)
     for title, (name, rows) in per_sample.items():
         lines += ["", *test_time_section(title, name, rows, out_dir)]
     if main.samples:
