@@ -48,7 +48,9 @@ PANELS = (
     Panel("clipping", "clipped token fractions", ("clip_ratio_low", "clip_ratio_high", "clip_ratio_region")),
     Panel("mismatch", "sampler / trainer mismatch", ("mismatch/", "off_policy/")),
     Panel("grad_norm", "gradient norm", ("grad_norm",)),
+    Panel("norms", "global norms of the params and of the step's update", ("l2_params", "l2_updates")),
     Panel("step_time", "step time (s)", ("step_time_s",)),
+    Panel("mfu", "model FLOPs utilisation", ("mfu",)),
 )
 
 
@@ -220,15 +222,20 @@ def sample_total(row: dict) -> float:
     return sum(value for value in row["rewards"].values() if value is not None)
 
 
+def training_sample_line(row: dict) -> str:
+    """A samples.jsonl row as a Markdown list item: prompt, completion, scores and (when logged) advantage."""
+    advantage = f", advantage {row['advantage']:.3g}" if "advantage" in row else ""
+    return f"- {code(row['prompt'])} -> {code(row['completion'])} (rewards {row['rewards']}{advantage})"
+
+
 def training_sample_lines(samples: list[dict]) -> list[str]:
     """The best and worst of the last logged step's samples by their summed reward-function scores (a sample
     shown as one of the best is not shown again as one of the worst)."""
     last = [row for row in samples if row["step"] == samples[-1]["step"]]
     ranked = sorted(last, key=sample_total, reverse=True)
-    shown = lambda rows: [f"- {code(row['prompt'])} -> {code(row['completion'])} (rewards {row['rewards']})"  # noqa: E731
-                          for row in rows]
-    return [f"## Samples at step {samples[-1]['step']} (training)", "", "Best:", *shown(ranked[:SHOWN_SAMPLES]),
-            "", "Worst:", *shown(ranked[SHOWN_SAMPLES:][::-1][:SHOWN_SAMPLES])]
+    best, worst = ranked[:SHOWN_SAMPLES], ranked[SHOWN_SAMPLES:][::-1][:SHOWN_SAMPLES]
+    return [f"## Samples at step {samples[-1]['step']} (training)", "", "Best:", *map(training_sample_line, best),
+            "", "Worst:", *map(training_sample_line, worst)]
 
 
 def eval_sample_lines(title: str, rows: list[dict]) -> list[str]:

@@ -20,7 +20,8 @@ def metric_row(step):
     return {"step": step, "reward": 0.1 * step, "rewards/exact_answer": 0.1 * step, "rewards/r1_format": None,
             "accuracy_lenient": 0.2, "accuracy_strict": 0.1, "format_rate": 0.5, "completion_length": 10.0 + step,
             "entropy": 1.0, "kl": 0.0, "clip_ratio_low": 0.0, "clip_ratio_high": 0.01, "clip_ratio_region": 0.01,
-            "grad_norm": 1.0, "step_time_s": 2.0, "mismatch/token_prob_error": 0.001}
+            "grad_norm": 1.0, "l2_params": 30.0 + 0.01 * step, "l2_updates": 0.01, "step_time_s": 2.0,
+            "mfu": 0.3, "mismatch/token_prob_error": 0.001}
 
 
 def eval_rows(question_answers):
@@ -38,7 +39,7 @@ def run_dir(tmp_path):
     write_jsonl(run / "metrics.jsonl", [metric_row(step) for step in range(1, 11)], tail='{"step": 11, "rew')
     write_jsonl(run / "samples.jsonl", [
         {"step": 10, "prompt": "What is 2+2?", "completion": f"answer {value}", "length": 3,
-         "rewards": {"exact_answer": value, "r1_format": None if value == 0.5 else 1.0}}
+         "rewards": {"exact_answer": value, "r1_format": None if value == 0.5 else 1.0}, "advantage": value - 0.5}
         for value in (0.0, 1.0, 0.5, 0.25)])
     write_jsonl(run / "eval" / "held_out.jsonl", [
         {"step": 0, "pass@1_lenient": 0.25, "pass@1_strict": 0.125, "format": 0.5, "mean_length": 9.5},
@@ -78,6 +79,7 @@ def test_report_draws_every_logged_curve_the_eval_table_and_test_time_compute(ru
     best, worst = report.split("Best:\n")[1].split("\n\nWorst:\n")
     assert [line.split("answer ")[1][:4] for line in best.splitlines()] == ["1.0 ", "0.25", "0.0 "]
     assert [line.split("answer ")[1][:3] for line in worst.splitlines()[:1]] == ["0.5"]
+    assert best.splitlines()[0].endswith("'r1_format': 1.0}, advantage 0.5)")
     assert "- `` 2+2 `` -> `` <answer>4</answer> `` (right)" in report
     assert "- `` 1+1 `` -> `` <answer>2</answer> `` (right, outside the format)" in report
 
