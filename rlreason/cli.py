@@ -48,11 +48,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rlreason.tokenizers import TokenizerError
     from rlreason.train.checkpoint import CheckpointError
     from rlreason.train.report import RunReportError
-    from rlreason.train.test_time import SampleRowsError
     from rlreason.verifiers.bridge import VerifierPoolError
 
     return (ConfigError, BadRowsError, ModelDirError, ModelFileError, UnsupportedModelError, TokenizerError,
-            CheckpointError, VerifierPoolError, RunReportError, SampleRowsError)
+            CheckpointError, VerifierPoolError, RunReportError)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from rlreason.train.test_time import budget_curve, markdown_tables, plot_test_time_compute, sample_curves
+from rlreason.train.test_time import (SampleRowsError, budget_curve, markdown_tables, plot_test_time_compute,
+                                      problems, sample_curves)
 
 PLOTS = "plots"  # the PNGs' folder, next to report.md
 SHOWN_SAMPLES = 3  # best and worst samples shown of each kind
@@ -55,7 +56,8 @@ PANELS = (
 
 
 class RunReportError(ValueError):
-    """A run directory that cannot be reported on: missing, or a log line that does not parse."""
+    """A run directory that cannot be reported on: missing, a log line that does not parse, or per-sample
+    evaluation rows that do not group into problems."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +101,12 @@ def read_run(run_dir: str | Path) -> Run:
         steps = {int(match[1]): file for file in (path / "eval" / summary.stem).glob("step_*.jsonl")
                  if (match := re.fullmatch(r"step_(\d+)\.jsonl", file.name))}
         if steps:
-            eval_samples[summary.stem] = (max(steps), read_jsonl(steps[max(steps)]))
+            newest = steps[max(steps)]
+            eval_samples[summary.stem] = (max(steps), read_jsonl(newest))
+            try:
+                problems(eval_samples[summary.stem][1])
+            except SampleRowsError as error:
+                raise RunReportError(f"{newest}: {error}") from None
     return Run(path, read_jsonl(path / "metrics.jsonl"), read_jsonl(samples) if samples.is_file() else [],
                evaluations, eval_samples)
 

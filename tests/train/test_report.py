@@ -117,4 +117,5 @@ def test_a_broken_log_line_is_named(run_dir, capsys):
     write_jsonl(run_dir / "eval" / "held_out" / "step_10.jsonl", eval_rows([("2+2", [(True, True, 4, 1.0, "4")] * 2),
                                                                             ("1+1", [(True, True, 4, 1.0, "2")] * 3)]))
     assert main(["report", str(run_dir)]) == 2
-    assert "rows 3-5 hold 3 samples of one question, other problems 2" in capsys.readouterr().err
+    assert (f"rlreason report: error: {run_dir / 'eval' / 'held_out' / 'step_10.jsonl'}: rows 3-5 hold 3 samples of "
+            "one question, other problems 2") in capsys.readouterr().err
