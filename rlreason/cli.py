@@ -1,7 +1,8 @@
 """`rlreason <command> CONFIG [key=value ...] [options]`: argument parsing only; each command calls one function.
 
 CONFIG is a YAML file (see configs/); dotted `key=value` pairs override it, e.g. `grpo.beta=0.04`. Options
-such as --out or --quiet may come before, between or after them.
+such as --out or --quiet may come before, between or after them. `rlreason convert SOURCE OUT` and
+`rlreason report RUN_DIR` take arguments of their own and no config.
 
 Bad input (a config key, a data file line, a model or checkpoint directory, the mesh, the tokenizer) ends the
 command with one line `rlreason <command>: error: ...` naming what is wrong and the fix, and exit code 2;
@@ -30,7 +31,10 @@ COMMANDS = {
     "sample": "generate completions from a model directory for prompts given with --prompt",
     "bench": "time the GRPO step (sampling, scoring, update) and print the figures",
     "convert": "convert a Hugging Face directory or a GGUF file to an rlreason model directory, or back (--to hf)",
+    "report": "write RUN_DIR/report.md with plots of a run's training curves, evaluations, test-time compute and "
+              "samples",
 }
+WITHOUT_CONFIG = ("convert", "report")  # commands that take arguments of their own, no config
 
 
 
@@ -44,10 +48,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from rlreason.models.store import ModelDirError
     from rlreason.tokenizers import TokenizerError
     from rlreason.train.checkpoint import CheckpointError
+    from rlreason.train.report import RunReportError
     from rlreason.verifiers.bridge import VerifierPoolError
 
     return (ConfigError, BadRowsError, ModelDirError, ModelFileError, UnsupportedModelError, TokenizerError,
-            CheckpointError, VerifierPoolError)
+            CheckpointError, VerifierPoolError, RunReportError)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -60,6 +65,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command = parsers[name] = commands.add_parser(name, help=help_text, description=help_text)
         if name == "convert":
             command.add_argument("arguments", nargs="*", help="SOURCE OUT [--to rlreason|hf]; see rlreason convert -h")
+            continue
+        if name == "report":
+            command.add_argument("run_dir", metavar="RUN_DIR",
+                                 help="a run directory: the train.out_dir of rlreason train, or runs/demo/grpo")
             continue
         command.add_argument("settings", nargs="*", metavar="CONFIG [key=value ...]",
                              help="a YAML config file (configs/ holds examples), then dotted overrides such as "
@@ -180,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             from rlreason.models.convert import main as convert_main
 
             return convert_main(arguments[1:])
+        if arguments[:1] == ["report"]:  # takes no config: a run directory
+            from rlreason.train.report import write_run_report
+
+            print(f"report: {write_run_report(_parser()[0].parse_args(arguments).run_dir)}")
+            return 0
         args, config_path, overrides = _parse(arguments)
         if getattr(args, "split_step", False):
             overrides = overrides + ["train.split_step=true"]

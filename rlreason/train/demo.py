@@ -3,7 +3,8 @@
 1. pretrain a tiny base model on a synthetic task until it usually writes the R1 format but often gets the answer
    wrong; 2. evaluate it on held-out problems (the first of eval.sets); 3. run GRPO with rule-based rewards only; 4. run the same GRPO
    with a reward control (`grpo.reward_control`, default shuffle: the batch's rewards permuted, so they say nothing
-   about the completions); 5. evaluate both; 6. write summary.json, report.md and plots under the output folder.
+   about the completions); 5. evaluate both; 6. write summary.json and report.md, plots under plots/: the
+   comparison of the three, then the GRPO run's own report (rlreason.train.report, as `rlreason report`).
 Accuracy is reported lenient (the answer right anywhere in the completion) first, then strict (format + answer).
 """
 
@@ -20,9 +21,8 @@ from rlreason.parallel.rules import axis_rules, param_shardings
 from rlreason.train.evaluate import build_evaluator
 from rlreason.train.loop import train
 from rlreason.train.pretrain import pretrain
-from rlreason.train.report import write_report
+from rlreason.train.report import write_demo_report
 
-SHOWN_SAMPLES = 6
 DEFAULT_CONTROL = "shuffle"
 
 
@@ -52,30 +52,30 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True, contr
                   f"format {result['format']:.3f}")
         return result, rows
 
-    def trained(label: str, reward_control: str) -> tuple[dict, list[dict], list[dict]]:
+    def trained(label: str, reward_control: str) -> tuple[dict, list[dict]]:
         begin = time.perf_counter()
         run_cfg = dataclasses.replace(
             cfg, grpo=dataclasses.replace(cfg.grpo, reward_control=reward_control),
             train=dataclasses.replace(cfg.train, model_dir=str(base_dir), out_dir=str(out_dir / label)))
-        state, _, history = train(run_cfg, show_progress)
+        state, _, _ = train(run_cfg, show_progress)
         seconds[f"grpo_{label}"] = time.perf_counter() - begin
-        return *evaluated(label, state.params), history
+        return evaluated(label, state.params)
 
-    evaluations, histories = {}, {}
+    evaluations, runs = {}, {"GRPO": out_dir / "grpo"}
     evaluations["base"], base_rows = evaluated("base", params)
-    evaluations["rl"], rl_rows, histories["GRPO"] = trained("grpo", cfg.grpo.reward_control)
+    evaluations["rl"], rl_rows = trained("grpo", cfg.grpo.reward_control)
     if control != "none":
-        evaluations["control"], _, histories[f"{control} rewards"] = trained("control", control)
-    step = max(1, cfg.eval.num_samples)
-    samples = {"base model": base_rows[::step][:SHOWN_SAMPLES], "after GRPO": rl_rows[::step][:SHOWN_SAMPLES]}
+        evaluations["control"], _ = trained("control", control)
+        runs[f"{control} rewards"] = out_dir / "control"
+    held_out = {"base model, held-out set": base_rows, "after GRPO, held-out set": rl_rows}
     header = (f"# rlreason demo: GRPO on `{cfg.task.name}` with rule-based rewards "
               f"({', '.join(f'{reward.name} x{reward.weight:g}' for reward in cfg.grpo.rewards)})")
     seconds["total"] = time.perf_counter() - start
-    summary = write_report(out_dir, evaluations, histories, samples, header, control,
-                           {phase: round(value, 1) for phase, value in seconds.items()})
+    summary = write_demo_report(out_dir, evaluations, runs, held_out, header, control,
+                                {phase: round(value, 1) for phase, value in seconds.items()})
     if show_progress:
         print("samples after GRPO (held-out):")
-        for row in samples["after GRPO"][:3]:
+        for row in rl_rows[::max(1, cfg.eval.num_samples)][:3]:
             print(f"  {row['question']} ->{row['completion']}  ({'right' if row['lenient'] else 'wrong'})")
         print(f"report: {out_dir / 'report.md'}")
     return summary

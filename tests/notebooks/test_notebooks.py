@@ -2,9 +2,9 @@
 what it is for: its figures (PNG outputs) and its key printed lines."""
 
 import base64
-import os
 from pathlib import Path
 
+import jax
 import nbclient
 import nbformat
 import pytest
@@ -15,8 +15,9 @@ from tiny_run import tiny_config
 NOTEBOOKS = Path(__file__).parents[2] / "notebooks"
 # Notebook -> a line its outputs must contain.
 EXPECTED_TEXT = {
-    "training_dynamics.ipynb": "3 steps",
+    "training_dynamics.ipynb": "3 steps of each of grpo, dr_grpo",
     "sharding_explorer.ipynb": "MiB per device",
+    "evaluate_checkpoint.ipynb": "8 problems x 8 samples",
 }
 
 
@@ -43,6 +44,12 @@ def test_notebook_runs(name, run_dir, monkeypatch):
     monkeypatch.setenv("RLREASON_RUN_DIR", str(run_dir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("RLREASON_COMPARE_STEPS", "3")  # training_dynamics' two loss types: tiny runs
+    # The kernel shares the tests' compilation cache (conftest.py): the notebooks' runs compile what the run_dir
+    # fixture compiled.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                       str(jax.config.jax_persistent_cache_min_compile_time_secs))
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()

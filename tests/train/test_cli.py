@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rlreason.cli import COMMANDS, _parse, main
+from rlreason.cli import COMMANDS, WITHOUT_CONFIG, _parse, main
 
 # Each command's required options, with the value they take.
 REQUIRED_OPTIONS = {"pretrain": ["--out", "runs/base"], "eval": ["--model", "runs/base"],
@@ -36,7 +36,7 @@ def arrangements(command: str) -> list[list[str]]:
                                                             OVERRIDES[1]]]
 
 
-@pytest.mark.parametrize("command", [name for name in COMMANDS if name != "convert"])
+@pytest.mark.parametrize("command", [name for name in COMMANDS if name not in WITHOUT_CONFIG])
 def test_options_may_come_anywhere_among_the_config_and_the_overrides(command):
     for arguments in arrangements(command):
         args, config, overrides = _parse([command, *arguments])
