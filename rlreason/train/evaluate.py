@@ -47,12 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.rules import Rules, rows_sharding
+from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers import Tokenizer
 from rlreason.train.jsonl import append_rows, rows_through, write_rows
@@ -208,8 +208,7 @@ class Evaluator:
         weights = [reward.weight for reward in eval_set.rewards]
         score = self._scorers[tuple(columns)]
         rows = []
-        bar = tqdm(total=len(prompts), desc=f"eval {eval_set.name}", unit="problem",
-                   disable=None if show_progress else True, dynamic_ncols=True)
+        bar = progress_bar(total=len(prompts), desc=f"eval {eval_set.name}", unit="problem", show=show_progress)
         for start in range(0, len(prompts), self.problems_per_call):
             roll, golds = self.sample(params, self._batch(prompts, start))
             scores = score(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
