@@ -15,7 +15,7 @@ from tiny_run import tiny_config
 NOTEBOOKS = Path(__file__).parents[2] / "notebooks"
 # Notebook -> a line its outputs must contain.
 EXPECTED_TEXT = {
-    "training_dynamics.ipynb": "3 steps of each of grpo, dr_grpo",
+    "training_dynamics.ipynb": "3 steps of each of grpo, dr_grpo, grpo, shuffled rewards",
     "sharding_explorer.ipynb": "MiB per device",
     "evaluate_checkpoint.ipynb": "8 problems x 8 samples",
 }
