@@ -8,6 +8,7 @@ tracked files with ../shared beside it. Three things are changed, each by a tabl
 - every `rlreason ...` and `launch/*` command gets tiny step counts and sizes appended (TINY_SETTINGS, per
   config file), so the whole documentation runs in minutes. A documented config without tiny settings fails
   the test: add it to the table.
+The documents of SLOW_DOCUMENTS run only with `-m slow`: their features are tested by default elsewhere.
 """
 
 from __future__ import annotations
@@ -156,9 +157,19 @@ def test_every_documented_command_is_classified():
         script, left_out = session_script(document)
         assert all(why for _, why in left_out)
     assert used_placeholders == set(PLACEHOLDERS), f"unused placeholders: {set(PLACEHOLDERS) - used_placeholders}"
+    assert set(SLOW_DOCUMENTS) <= set(DOCUMENTS), f"no such document: {set(SLOW_DOCUMENTS) - set(DOCUMENTS)}"
 
 
-@pytest.mark.parametrize("document", DOCUMENTS)
+# Documents whose commands take minutes together and whose features the default run covers elsewhere: run with
+# `-m slow` (document -> the tests that cover its commands by default).
+SLOW_DOCUMENTS = {
+    "docs/parallel.md": "tests/parallel (meshes, benches on 8 devices, local multi-process training)",
+    "docs/real-models.md": "tests/models (SmolLM2 GGUF conversion, sampling, a GRPO step, export to HF)",
+}
+
+
+@pytest.mark.parametrize("document", [pytest.param(document, marks=pytest.mark.slow) if document in SLOW_DOCUMENTS
+                                      else document for document in DOCUMENTS])
 def test_documented_commands_run(document, tmp_path):
     script, left_out = session_script(document)
     repo = scratch_checkout(tmp_path)

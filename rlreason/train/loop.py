@@ -66,7 +66,7 @@ from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 from rlreason.verifiers.lenient import metric_only_functions
 
 SAMPLES_PER_LOG = 4
-TIMING_KEYS = ("step_time_s", "tokens_per_s")  # the metrics that differ between runs computing the same thing
+TIMING_KEYS = ("step_time_s", "tokens_per_s", "mfu")  # the metrics that differ between runs computing the same thing
 
 logger = logging.getLogger("rlreason.train")
 
