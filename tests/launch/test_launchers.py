@@ -194,14 +194,17 @@ def test_local_dry_run_gives_each_process_its_id_and_the_shared_coordinator(tiny
                 f"distributed.heartbeat_timeout_s=10 &") in line
 
 
-# A stand-in program: process 1 fails at once, process 0 would run for a minute.
-ONE_FAILS = "bash -c 'case \"$*\" in *process_id=1*) echo failing; exit 3;; *) echo working; sleep 60;; esac' _"
+def one_fails(started_marker) -> str:
+    """A stand-in program: process 0 works for a minute; process 1 fails once process 0 has started (waiting
+    for it keeps the test from racing process 0's start-up on a loaded machine)."""
+    return (f"bash -c 'case \"$*\" in *process_id=1*) until [ -e {started_marker} ]; do sleep 0.05; done; "
+            f"echo failing; exit 3;; *) echo working; touch {started_marker}; sleep 60;; esac' _")
 
 
-def test_local_stops_every_process_when_one_fails():
+def test_local_stops_every_process_when_one_fails(tmp_path):
     started = time.monotonic()
-    result = launch("local.py", "--num-processes", "2", "--devices-per-process", "1", "--program", ONE_FAILS,
-                    "configs/demo_cpu.yaml", timeout=60)
+    result = launch("local.py", "--num-processes", "2", "--devices-per-process", "1",
+                    "--program", one_fails(tmp_path / "p0_started"), "configs/demo_cpu.yaml", timeout=60)
     assert result.returncode == 3
     assert time.monotonic() - started < 40  # the config check, then at once: not process 0's minute
     assert "[p0] working" in result.stdout and "[p1] failing" in result.stdout
