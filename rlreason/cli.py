@@ -26,6 +26,14 @@ COMMANDS = {
     "pretrain": "next-token training of a model from scratch on the task's worked solutions (--out DIR)",
     "train": "GRPO training from train.model_dir; writes metrics.jsonl, samples.jsonl, checkpoints/ and model/ to "
              "train.out_dir, resuming from its checkpoints if it has any",
+    "sft": "supervised fine-tuning of train.model_dir on prompt / response rows (sft.path); writes to train.out_dir "
+           "as train does, resuming from its checkpoints if it has any",
+    "generate": "rejection sampling: generate.num_samples completions per prompt of the task from a model, the "
+                "verified ones written as an SFT set (--out FILE.jsonl)",
+    "star": "STaR / expert iteration from a base model (--model): star.rounds rounds of rejection sampling, "
+            "rationalization with the answer as a hint, and SFT, each evaluated (--out DIR)",
+    "pipeline": "run a pipeline file (configs/pipelines/): stages such as pretrain, sft, grpo, generate, star in "
+                "order, each evaluated, resumable stage by stage, with a report of every stage's before and after",
     "eval": "pass@1 / pass@k / maj@k / format rate of a model directory or a train checkpoint on eval.sets (the "
             "task's held-out problems by default); --out DIR also writes DIR/eval/<set>.jsonl and the samples",
     "sample": "generate completions from a model directory for prompts given with --prompt",
@@ -82,6 +90,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                                  help="grpo.reward_control of the control run next to the real one (none: no control)")
         if name == "sample":
             command.add_argument("--model", required=True, help="a model directory (from pretrain, train or convert)")
+        if name == "generate":
+            command.add_argument("--model", required=True,
+                                 help="a model directory, or a checkpoint of rlreason train (as for eval)")
+            command.add_argument("--out", required=True, help="the JSONL file of kept rows to write")
+        if name == "star":
+            command.add_argument("--model", required=True, help="the base model directory")
+            command.add_argument("--out", required=True,
+                                 help="the run's folder: rounds, their data and models, star.jsonl (resumed if there)")
         if name == "eval":
             command.add_argument("--model", required=True,
                                  help="a model directory (from pretrain, train or convert), or a checkpoint of "
@@ -148,25 +164,47 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         from rlreason.train.pretrain import pretrain
 
         pretrain(cfg, args.out, show_progress)
-    elif args.command == "train":
+    elif args.command in ("train", "sft"):
         from rlreason.parallel.distributed import is_main_process
         from rlreason.storage import storage_path
         from rlreason.train.checkpoint import checkpoint_dir
         from rlreason.train.loop import RunStopped, train
+        from rlreason.train.sft import sft
 
         try:
-            train(cfg, show_progress)
+            (train if args.command == "train" else sft)(cfg, show_progress)
         except RunStopped as stop:  # saved and stopped early (a stop signal, non-finite steps): its own exit code
-            print(f"rlreason train: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
+            print(f"rlreason {args.command}: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
             return stop.exit_code
         if is_main_process():
             out_dir = storage_path(cfg.train.out_dir)
-            print(f"train: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
+            print(f"{args.command}: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
                   f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 
         run_eval(cfg, args.model, args.out, show_progress)
+    elif args.command == "generate":
+        from rlreason.parallel.distributed import is_main_process
+        from rlreason.train.generate import generate
+
+        summary = generate(cfg, args.model, args.out, show_progress)
+        if is_main_process():
+            print(f"generate: {summary['samples']} samples of {summary['prompts']} prompts, {summary['verified']} "
+                  f"verified (pass@1 {summary['pass@1']:.3f}); kept {summary['kept']} rows for "
+                  f"{summary['prompts_with_kept']} prompts in {args.out}")
+    elif args.command == "star":
+        from rlreason.parallel.distributed import is_main_process
+        from rlreason.train.star import star
+
+        rows = star(cfg, args.model, args.out, show_progress)
+        if is_main_process():
+            for row in rows:
+                accuracy = ", ".join(f"{key.split('/')[1]} {row[key]:.3f}" for key in row
+                                     if key.startswith("eval/") and key.endswith("/pass@1_lenient"))
+                data = (f": kept {row['kept']}, rationalized {row['rationalized']} "
+                        f"({row['rationalized_share']:.0%} of the SFT set)" if row["round"] else " (the base model)")
+                print(f"star round {row['round']}{data}; held-out lenient pass@1 {accuracy}")
     elif args.command == "sample":
         from rlreason.train.commands import run_sample
 
@@ -195,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {write_run_report(_parser()[0].parse_args(arguments).run_dir)}")
             return 0
         args, config_path, overrides = _parse(arguments)
+        if args.command == "pipeline":  # a pipeline file, not a run config: each stage loads its own
+            from rlreason.train.pipeline import run_pipeline
+
+            records, report = run_pipeline(config_path, overrides)
+            print(f"pipeline: {len(records)} stages done; report {report}")
+            return 0
         if getattr(args, "split_step", False):
             overrides = overrides + ["train.split_step=true"]
         from rlreason.config import load_config

@@ -150,6 +150,8 @@ class TaskConfig:
         _require(self.num_train > 0, f"{path}.num_train", f"must be > 0, got {self.num_train}")
         _require(self.num_eval >= 0, f"{path}.num_eval", f"must be >= 0, got {self.num_eval}")
         _require(self.max_gold_bytes > 0, f"{path}.max_gold_bytes", f"must be > 0, got {self.max_gold_bytes}")
+        _require(1 <= self.min_digits <= self.max_digits, f"{path}.max_digits",
+                 f"must be >= {path}.min_digits ({self.min_digits}) and both >= 1, got {self.max_digits}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +202,73 @@ class PretrainConfig:
     def validate(self, path: str) -> None:
         for key in ("r1_format_fraction", "carry_slip_rate"):
             _require(0.0 <= getattr(self, key) <= 1.0, f"{path}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """`rlreason sft`: supervised fine-tuning on prompt / response rows (rlreason.train.sft).
+
+    The run's other facts come from `train.*` as for GRPO: model_dir (start from), out_dir, steps, seed,
+    eval_every, report_to; `train.batch_size` is the token rows per step (packed rows with `packing`).
+    Prompts are rendered with tokenizer.template; the loss covers the response and the EOS after it.
+    """
+
+    path: str = ""  # a .jsonl / .parquet file or a folder of them (rlreason generate writes such files)
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    seq_len: int = 256  # tokens per row; an example longer than this is a malformed row (task.on_bad_row)
+    packing: bool = True  # several examples per row, each attending only to itself; false: one per row
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=10)
+
+    def validate(self, path: str) -> None:
+        _require(self.seq_len >= 2, f"{path}.seq_len", f"must be >= 2, got {self.seq_len}")
+        for key in ("prompt_field", "response_field"):
+            _require(getattr(self, key) != "", f"{path}.{key}", "must name a field of the data rows")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """`rlreason generate`: rejection sampling into an SFT set (rlreason.train.generate).
+
+    k = num_samples completions of each of the task's `split` prompts, scored by grpo.rewards; a completion is
+    verified when the accuracy reward (grpo.accuracy_reward) gives 1 and, with require_format, every format
+    reward of grpo.rewards gives 1 too. Kept per prompt: the verified completions, duplicates dropped,
+    shortest first with `shortest`, at most max_per_prompt (1: best-of-k).
+    """
+
+    num_samples: int = 8
+    temperature: float = 1.0
+    split: Literal["train", "eval"] = "train"
+    num_prompts: int = 0  # 0: task.num_train (train) or task.num_eval (eval)
+    require_format: bool = True
+    max_per_prompt: int = 1
+    shortest: bool = True  # among the verified, the shortest first (else in sampling order)
+
+    def validate(self, path: str) -> None:
+        _require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")
+        _require(self.temperature >= 0, f"{path}.temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
+        _require(self.num_prompts >= 0, f"{path}.num_prompts", f"must be >= 0, got {self.num_prompts}")
+        _require(self.max_per_prompt >= 1, f"{path}.max_per_prompt", f"must be >= 1, got {self.max_per_prompt}")
+
+
+@dataclasses.dataclass(frozen=True)
+class STaRConfig:
+    """`rlreason star`: the self-taught reasoner loop (rlreason.train.star). Each round samples the task's
+    generate.split prompts with the current model and keeps the verified rationales (generate.*); with
+    `rationalize`, prompts with none kept are sampled again with the gold answer as a hint (`hint`, with
+    {question} and {answer}) and the verified ones are kept under the question without the hint; then SFT
+    (sft.*, train.steps) from the base model (`restart_from_base`, the paper's choice) or from the last round's.
+    """
+
+    rounds: int = 3
+    rationalize: bool = True
+    hint: str = "{question} (answer: {answer})"
+    restart_from_base: bool = True
+
+    def validate(self, path: str) -> None:
+        _require(self.rounds >= 1, f"{path}.rounds", f"must be >= 1, got {self.rounds}")
+        _require("{question}" in self.hint and "{answer}" in self.hint, f"{path}.hint",
+                 f"must hold {{question}} and {{answer}}, got {self.hint!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,6 +566,9 @@ class Config:
     task: TaskConfig = TaskConfig()
     sampling: SamplingConfig = SamplingConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    sft: SFTConfig = SFTConfig()
+    generate: GenerateConfig = GenerateConfig()
+    star: STaRConfig = STaRConfig()
     grpo: GRPOConfig = GRPOConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -538,6 +610,70 @@ class Config:
         _require(every > 0 and every % self.train.eval_every == 0, "checkpoint.every_steps",
                  f"must be a positive multiple of train.eval_every ({self.train.eval_every}), so that the checkpoints "
                  f"checkpoint.best_metric={metric!r} ranks are saved at evaluated steps; got {every}")
+
+
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name under the pipeline's out_dir
+StageKind = Literal["pretrain", "worked_solutions", "sft", "grpo", "generate", "star"]
+# What each stage kind makes: a model directory, or a data file of SFT rows.
+STAGE_OUTPUTS = {"pretrain": "model", "worked_solutions": "data", "sft": "model", "grpo": "model",
+                 "generate": "data", "star": "model"}
+STAGE_INPUTS = {"sft": ("model", "data"), "grpo": ("model",), "generate": ("model",), "star": ("model",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One stage of a pipeline (rlreason.train.pipeline): `kind` run with the pipeline's config plus
+    `overrides`, starting from stage `model`'s model and (sft) training on stage `data`'s rows. `tokenizer_from`
+    (pretrain): use that stage's model's tokenizer instead of training one, as a distillation student must."""
+
+    name: str
+    kind: StageKind
+    model: str = ""
+    data: str = ""
+    tokenizer_from: str = ""
+    overrides: tuple[str, ...] = ()
+
+    def validate(self, path: str) -> None:
+        _require(STAGE_NAME.fullmatch(self.name) is not None, f"{path}.name",
+                 f"must be letters, digits, '_', '.' or '-' (it names the stage's folder), got {self.name!r}")
+        for field in ("model", "data"):
+            needed = field in STAGE_INPUTS.get(self.kind, ())
+            _require(needed == bool(getattr(self, field)), f"{path}.{field}",
+                     f"{'must name an earlier stage' if needed else 'is not used'} for kind {self.kind!r}")
+        _require(not self.tokenizer_from or self.kind == "pretrain", f"{path}.tokenizer_from",
+                 f"is for pretrain stages only, not {self.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """`rlreason pipeline FILE`: stages run in order under out_dir/<stage name>/, each from `config` (a run
+    config file) with the stage's overrides and then the command line's."""
+
+    config: str
+    out_dir: str
+    stages: tuple[StageConfig, ...]
+
+    def validate(self, path: str) -> None:
+        _require(len(self.stages) > 0, "stages", "needs at least one stage")
+        made: dict[str, str] = {}
+        for index, stage in enumerate(self.stages):
+            _require(stage.name not in made, f"stages[{index}].name", f"names stage {stage.name!r} twice")
+            for field, wanted in (("model", "model"), ("data", "data"), ("tokenizer_from", "model")):
+                source = getattr(stage, field)
+                _require(not source or made.get(source) == wanted, f"stages[{index}].{field}",
+                         f"must name an earlier stage that makes a {wanted} "
+                         f"({', '.join(name for name, output in made.items() if output == wanted) or 'none yet'}), "
+                         f"got {source!r}")
+            made[stage.name] = STAGE_OUTPUTS[stage.kind]
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """A pipeline file, typed and validated (the stages' run configs are checked by the pipeline)."""
+    data = _read_mapping(path, "pipeline file")
+    try:
+        return _build(PipelineConfig, data, "")
+    except ConfigError as error:
+        raise ConfigError(f"pipeline file {str(path)!r}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -689,18 +825,21 @@ def from_dict(data: dict, overrides: list[str] = ()) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Loads a YAML config file (or the defaults when `path` is None) and applies dotted overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return from_dict(data, overrides)
+    return from_dict({} if path is None else _read_mapping(path, "config file"), overrides)
+
+
+def _read_mapping(path: str | Path, what: str) -> dict:
+    """The YAML mapping in the file `path`; `what` names the kind of file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping at the top level")
+    return data
 
 
 def save_config(config: Config, path: str | Path) -> None:

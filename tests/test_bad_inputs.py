@@ -256,7 +256,7 @@ CASES = [
                                       resume=True), CheckpointError,
      ["shapes differ (checkpoint vs this run): opt_state.1.0.mu.embed (96, 48) here (96, 64)"]),
     ("resume with another batch size", run("train.batch_size=8", resume=True), CheckpointError,
-     ["the data-iterator state was saved for another prompt stream", "batch_size 4 -> 8 (train.batch_size)",
+     ["the data-iterator state was saved for another data stream", "batch_size 4 -> 8 (train.batch_size)",
       "Resume with the settings the checkpoints were saved with"]),
     ("earlier run's metrics but no checkpoint", run(metrics_without_checkpoints, resume=True), CheckpointError,
      ["run' holds metrics.jsonl of an earlier run, but", "checkpoints' holds no checkpoint to resume it from",

@@ -93,3 +93,17 @@ def test_evaluation_settings_are_checked_at_load(overrides, message):
 def test_an_eval_best_metric_with_aligned_checkpoints_loads():
     cfg = load_config(None, EVAL_BEST + ["train.eval_every=5", "checkpoint.every_steps=10"])
     assert cfg.checkpoint.best_metric == "eval/heldout/pass@1_lenient"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.min_digits=3", "task.max_digits=2"], r"config key 'task.max_digits' must be >= task.min_digits \(3\)"),
+    (["sft.seq_len=1"], r"config key 'sft.seq_len' must be >= 2"),
+    (["sft.response_field="], r"config key 'sft.response_field' must name a field"),
+    (["generate.max_per_prompt=0"], r"config key 'generate.max_per_prompt' must be >= 1"),
+    (["generate.split=test"], r"config key 'generate.split' got 'test'"),
+    (["star.hint='{question} only'"], r"config key 'star.hint' must hold \{question\} and \{answer\}"),
+    (["star.rounds=0"], r"config key 'star.rounds' must be >= 1"),
+])
+def test_sft_generate_and_star_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

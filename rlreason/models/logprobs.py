@@ -57,6 +57,16 @@ def _chunked_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, c
     return jax.tree.map(unchunk, stats)
 
 
+def hidden_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig, temperature: float,
+                       with_entropy: bool = False):
+    """(log-probs, entropies or None) [B, C] of `tokens` [B, C], each predicted by the hidden state [B, C, E]
+    before it; with `cfg.logprob_chunk_size` > 0 the [B, C, V] logits never exist at once."""
+    chunk = cfg.logprob_chunk_size
+    if 0 < chunk < tokens.shape[1]:
+        return _chunked_token_stats(params, hidden, tokens, cfg, temperature, with_entropy, chunk)
+    return _token_stats(params, hidden, tokens, cfg, temperature, with_entropy)
+
+
 def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completion_tokens: jax.Array, cfg: ModelConfig, temperature: float,
                         with_entropy: bool = False):
@@ -74,11 +84,6 @@ def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: j
     # last completion slot.
     prompt_length = prompt_tokens.shape[1]
     hidden, _ = forward_hidden(params, tokens[:, :-1], positions[:, :-1], key_valid[:, :-1], cfg)
-    hidden = hidden[:, prompt_length - 1:]
-    chunk = cfg.logprob_chunk_size
-    if 0 < chunk < completion_tokens.shape[1]:
-        logprobs, entropy = _chunked_token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy,
-                                                 chunk)
-    else:
-        logprobs, entropy = _token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy)
+    logprobs, entropy = hidden_token_stats(params, hidden[:, prompt_length - 1:], completion_tokens, cfg,
+                                           temperature, with_entropy)
     return (logprobs, entropy) if with_entropy else logprobs

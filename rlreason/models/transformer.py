@@ -285,19 +285,27 @@ def unembed(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array,
-                   cfg: ModelConfig, cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+                   cfg: ModelConfig, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                   segment_ids: jax.Array | None = None):
     """Runs the blocks and returns (hidden [B, T, E] before the final norm, updated cache or None).
 
     tokens, positions: [B, T] int32. key_valid: [B, S] bool, which key slots hold real tokens (S = T without a
-    cache; S = cache length with one, counting the T new slots at `cache_index`).
+    cache; S = cache length with one, counting the T new slots at `cache_index`). segment_ids: [B, T] int32 or
+    None, for packed rows without a cache: a token attends only to earlier tokens of its own segment (give each
+    segment positions that start at 0, as an unpacked row would have).
     """
+    if segment_ids is not None and cache is not None:
+        raise ValueError("segment_ids (packed rows) work without a KV cache only")
     x = embed_tokens(params, tokens, cfg)
     query_slots = cache_index + jnp.arange(tokens.shape[1])
     windows = jnp.asarray(layer_windows(cfg))
     use_cache = cache is not None
+    same_segment = None if segment_ids is None else segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
 
     def block(x, layer, window, past_keys, past_values):
         mask = attention_mask(query_slots, key_valid, window)
+        if same_segment is not None:
+            mask &= same_segment
         return _block(layer, x, positions, mask, cfg, past_keys, past_values, cache_index)
 
     if cfg.remat:
@@ -329,9 +337,9 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array, cfg: ModelConfig,
-            cache: KVCache | None = None, cache_index: jax.Array | int = 0):
+            cache: KVCache | None = None, cache_index: jax.Array | int = 0, segment_ids: jax.Array | None = None):
     """Logits [B, T, V] (float32) and the updated cache (None without one). Arguments as `forward_hidden`."""
-    hidden, cache = forward_hidden(params, tokens, positions, key_valid, cfg, cache, cache_index)
+    hidden, cache = forward_hidden(params, tokens, positions, key_valid, cfg, cache, cache_index, segment_ids)
     return unembed(params, hidden, cfg), cache
 
 

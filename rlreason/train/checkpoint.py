@@ -3,7 +3,7 @@ and a checkpoint that cannot be read passed over for the one before it.
 
 `checkpoint.dir` (default <train.out_dir>/checkpoints) holds, per saved step:
     <step>/state/    the TrainState: step, params, opt_state, ref_params (grpo.beta > 0), rng as raw key data
-    <step>/data/     each process's position in its prompt stream (grain: one JSON file per process)
+    <step>/data/     each process's position in its data stream (grain: one JSON file per process)
     <step>/config/   the run's resolved config as JSON
 and `<step>.unreadable-<time>/` for a checkpoint that failed to restore when an older one did restore: it is
 moved aside, not deleted, so that the run can save that step again. Orbax deletes checkpoints only to apply
@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from rlreason.config import CheckpointConfig, Config, to_dict
-from rlreason.data.pipeline import PromptBatches, checkpoint_restore_args, checkpoint_save_args
+from rlreason.data.pipeline import RowBatches, checkpoint_restore_args, checkpoint_save_args
 from rlreason.parallel.distributed import is_main_process
 from rlreason.rl.step import TrainState
 from rlreason.storage import storage_path
@@ -213,8 +213,8 @@ class RunCheckpoints:
         every = self.cfg.checkpoint.every_seconds
         return every > 0 and time.monotonic() - self._last_save_time >= every
 
-    def save(self, step: int, state: TrainState, batches: PromptBatches, metrics: dict[str, float]) -> None:
-        """Starts saving `state` and the prompt stream's position as checkpoint `step`; returns once the arrays
+    def save(self, step: int, state: TrainState, batches: RowBatches, metrics: dict[str, float]) -> None:
+        """Starts saving `state` and the data stream's position as checkpoint `step`; returns once the arrays
         are off the devices, so the next step may donate them. `metrics` rank the checkpoint for keep_best."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(storable(state)),
                                   data=checkpoint_save_args(batches),
@@ -223,7 +223,7 @@ class RunCheckpoints:
         self.last_step = step
         self._last_save_time = time.monotonic()
 
-    def restore(self, abstract_state: TrainState, batches: PromptBatches) -> Restored:
+    def restore(self, abstract_state: TrainState, batches: RowBatches) -> Restored:
         """The newest checkpoint that every process can restore, into arrays laid out like `abstract_state`
         (jax.ShapeDtypeStruct leaves with shardings), and `batches` moved to its position. Newer checkpoints that
         fail are moved aside with a warning; when none restores, raises CheckpointError and moves nothing."""

@@ -20,7 +20,7 @@ from rlreason.parallel.rules import axis_rules, param_shardings
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.storage import storage_path
 from rlreason.tokenizers.templates import render_prompt
-from rlreason.train.evaluate import EVAL_DIR, build_evaluator, write_results
+from rlreason.train.evaluate import EVAL_DIR, build_evaluator, eval_metrics, write_results
 from rlreason.train.loop import load_policy_config
 
 
@@ -69,6 +69,12 @@ def evaluated_model(cfg: Config, model: str, mesh, rules):
     shardings = param_shardings(run_model_config(stored, cfg.model, path), mesh, rules)
     params, model_cfg, tokenizer = load_model(path, shardings=shardings, run=cfg.model)
     return params, model_cfg, tokenizer, 0
+
+
+def model_eval_metrics(cfg: Config, model: str, mesh, rules) -> dict[str, float]:
+    """eval.sets' summaries of a model directory or checkpoint, as eval/<set>/<metric> keys."""
+    params, model_cfg, tokenizer, _ = evaluated_model(cfg, model, mesh, rules)
+    return eval_metrics(build_evaluator(cfg, model_cfg, tokenizer, mesh, rules).evaluate_all(params))
 
 
 def run_eval(cfg: Config, model: str, out_dir: str | None = None, show_progress: bool = True) -> dict:

@@ -121,6 +121,13 @@ def initial_params(cfg: Config, model_cfg: ModelConfig, shardings):
     return init_params_sharded(model_cfg, jax.random.key(cfg.train.seed), shardings)
 
 
+def abstract_on(shapes, layout):
+    """jax.ShapeDtypeStruct leaves of `shapes` (a tree of them, as jax.eval_shape gives) placed by `layout`, a
+    tree of shardings: what RunCheckpoints.restore fills in."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                        shapes, layout)
+
+
 def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     """Builds the run, checking its inputs before weights are read or anything compiles.
 
@@ -143,9 +150,8 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     initial_state = functools.partial(init_train_state, optimizer=optimizer, keep_reference=grpo.beta > 0)
     rng = jax.random.key(cfg.train.seed)
     if abstract_state:
-        shapes = jax.eval_shape(lambda rng: initial_state(init_params(model_cfg, rng), rng=rng), rng)
-        state = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                             shapes, state_layout)
+        state = abstract_on(jax.eval_shape(lambda rng: initial_state(init_params(model_cfg, rng), rng=rng), rng),
+                            state_layout)
     else:
         state = initial_state(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=state_layout)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
@@ -323,6 +329,31 @@ def removed_if_left_empty(*directories: epath.Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def run_frame(cfg: Config) -> Iterator[tuple[StopSignals, RunCheckpoints]]:
+    """The frame of a run in train.out_dir (GRPO or SFT): SIGTERM / SIGINT handling, the run's checkpoints, a
+    refusal to overwrite an earlier run that no checkpoint can resume, and no empty directories left behind by
+    a run refused at its start. Yields (stop signals, checkpoints); `checkpoints.last_step` is None for a new
+    run."""
+    out_dir = storage_path(cfg.train.out_dir)
+    with (StopSignals() as stop_signals, removed_if_left_empty(out_dir, checkpoint_dir(cfg)),
+          RunCheckpoints(cfg) as checkpoints):
+        if checkpoints.last_step is None:
+            refuse_to_overwrite(out_dir, checkpoints)
+        yield stop_signals, checkpoints
+
+
+def evaluation_if_due(cfg: Config, step: int, evaluator, params, out_dir: epath.Path) -> dict[str, float]:
+    """After `step`: when an evaluation is due (eval_due), every process evaluates its share and the main one
+    writes the results under out_dir/eval/; returns their metrics (eval/<set>/<key>), else {}."""
+    if not eval_due(cfg, step):
+        return {}
+    results = evaluator.evaluate_all(params)
+    if is_main_process():
+        write_results(out_dir, step, results)
+    return eval_metrics(results)
+
+
 def train(cfg: Config, show_progress: bool = True):
     """Runs GRPO to `train.steps`, resuming from the run's newest checkpoint when there is one.
 
@@ -333,11 +364,8 @@ def train(cfg: Config, show_progress: bool = True):
     initialize(cfg.distributed)
     out_dir = storage_path(cfg.train.out_dir)
     main_process = is_main_process()
-    with (StopSignals() as stop_signals, removed_if_left_empty(out_dir, checkpoint_dir(cfg)),
-          RunCheckpoints(cfg) as checkpoints):
+    with run_frame(cfg) as (stop_signals, checkpoints):
         resuming = checkpoints.last_step is not None
-        if not resuming:
-            refuse_to_overwrite(out_dir, checkpoints)
         trainer = build_trainer(cfg, abstract_state=resuming)
         evaluator = (build_evaluator(cfg, trainer.model_cfg, trainer.tokenizer, trainer.mesh, axis_rules(cfg.mesh))
                      if cfg.train.eval_every else None)
@@ -368,11 +396,7 @@ def train(cfg: Config, show_progress: bool = True):
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed,
                                mfu=step_model_flops(cfg, trainer.model_cfg, batch, metrics) / elapsed / peak_flops)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
-                if eval_due(cfg, step):  # every process evaluates its share; the main one writes
-                    results = evaluator.evaluate_all(state.params)
-                    metrics.update(eval_metrics(results))
-                    if main_process:
-                        write_results(out_dir, step, results)
+                metrics.update(evaluation_if_due(cfg, step, evaluator, state.params, out_dir))
                 history.append(metrics)
                 log.write_metrics(metrics)
                 if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):

@@ -52,7 +52,7 @@ def test_processes_keep_their_rows_of_the_same_global_batches(tmp_path, tokenize
     halves = [_take(prompt_batches(prompts, 4, seed=1, rows=rows), 6) for rows in (slice(0, 2), slice(2, 4))]
     # Batch k of the single process is rows 0-1 of process 0's batch k, then rows 0-1 of process 1's.
     assert whole == [gold for batch in range(6) for half in halves for gold in half[2 * batch:2 * batch + 2]]
-    with pytest.raises(ValueError, match="rows 2:6 are not inside a batch of 4 prompts"):
+    with pytest.raises(ValueError, match="rows 2:6 are not inside a batch of 4 rows"):
         prompt_batches(prompts, 4, seed=1, rows=slice(2, 6))
 
 
@@ -82,7 +82,7 @@ def test_state_of_another_stream_is_refused(tmp_path, tokenizer):
     state = prompt_batches(prompts, 4, seed=2).get_state()
     with pytest.raises(ValueError, match=r"batch_size 4 -> 5 \(train.batch_size\)"):
         prompt_batches(prompts, 5, seed=2).set_state(state)
-    with pytest.raises(ValueError, match=r"rows 10 -> 11 \(the task's data \(task.\*\)\); digest '.*' -> '.*'"):
+    with pytest.raises(ValueError, match=r"rows 10 -> 11 \(the data \(task.\*, or sft.\*\)\); digest '.*' -> '.*'"):
         prompt_batches(_prompts(tmp_path, tokenizer, 11), 4, seed=2).set_state(state)
 
 

@@ -10,7 +10,9 @@ from rlreason.cli import COMMANDS, WITHOUT_CONFIG, _parse, main
 
 # Each command's required options, with the value they take.
 REQUIRED_OPTIONS = {"pretrain": ["--out", "runs/base"], "eval": ["--model", "runs/base"],
-                    "sample": ["--model", "runs/base", "--prompt", "What is 3+4?"]}
+                    "sample": ["--model", "runs/base", "--prompt", "What is 3+4?"],
+                    "generate": ["--model", "runs/base", "--out", "runs/kept.jsonl"],
+                    "star": ["--model", "runs/base", "--out", "runs/star"]}
 OVERRIDES = ["train.steps=40", "sampling.temperature=0"]
 
 
@@ -41,7 +43,7 @@ def test_options_may_come_anywhere_among_the_config_and_the_overrides(command):
     for arguments in arrangements(command):
         args, config, overrides = _parse([command, *arguments])
         assert (config, overrides, args.quiet) == ("configs/demo_cpu.yaml", OVERRIDES, True), arguments
-        if command in ("eval", "sample"):
+        if command in ("eval", "sample", "generate", "star"):
             assert args.model == "runs/base"
         if command == "pretrain":
             assert args.out == "runs/base"
