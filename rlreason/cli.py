@@ -28,6 +28,8 @@ COMMANDS = {
              "train.out_dir, resuming from its checkpoints if it has any",
     "sft": "supervised fine-tuning of train.model_dir on prompt / response rows (sft.path); writes to train.out_dir "
            "as train does, resuming from its checkpoints if it has any",
+    "distill": "on-policy distillation of distill.teacher into train.model_dir: the student samples, the loss is "
+               "the reverse KL to the teacher on its tokens; writes to train.out_dir as train does",
     "generate": "rejection sampling: generate.num_samples completions per prompt of the task from a model, the "
                 "verified ones written as an SFT set (--out FILE.jsonl)",
     "star": "STaR / expert iteration from a base model (--model): star.rounds rounds of rejection sampling, "
@@ -43,6 +45,7 @@ COMMANDS = {
               "samples",
 }
 WITHOUT_CONFIG = ("convert", "report")  # commands that take arguments of their own, no config
+TRAINING_COMMANDS = ("train", "sft", "distill")  # runs in train.out_dir: checkpoints, resume, exit code 75 on a stop
 
 
 
@@ -164,15 +167,16 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         from rlreason.train.pretrain import pretrain
 
         pretrain(cfg, args.out, show_progress)
-    elif args.command in ("train", "sft"):
+    elif args.command in TRAINING_COMMANDS:
         from rlreason.parallel.distributed import is_main_process
         from rlreason.storage import storage_path
         from rlreason.train.checkpoint import checkpoint_dir
+        from rlreason.train.distill import distill
         from rlreason.train.loop import RunStopped, train
         from rlreason.train.sft import sft
 
         try:
-            (train if args.command == "train" else sft)(cfg, show_progress)
+            {"train": train, "sft": sft, "distill": distill}[args.command](cfg, show_progress)
         except RunStopped as stop:  # saved and stopped early (a stop signal, non-finite steps): its own exit code
             print(f"rlreason {args.command}: {stop}\nto resume: {_resume_command(arguments)}", file=sys.stderr)
             return stop.exit_code

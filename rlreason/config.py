@@ -272,6 +272,21 @@ class STaRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """`rlreason distill`: on-policy distillation (rlreason.train.distill). The student (train.model_dir)
+    samples num_generations completions of each of train.batch_size task prompts (sampling.*); the loss is the
+    mean over the completion tokens of the reverse KL, KL(student || teacher) over the vocabulary, with the
+    teacher (`teacher`: a model directory or a checkpoint of rlreason train, the student's tokenizer) fixed."""
+
+    teacher: str = ""
+    num_generations: int = 4
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
+
+    def validate(self, path: str) -> None:
+        _require(self.num_generations >= 1, f"{path}.num_generations", f"must be >= 1, got {self.num_generations}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RewardConfig:
     name: str
     weight: float = 1.0
@@ -569,6 +584,7 @@ class Config:
     sft: SFTConfig = SFTConfig()
     generate: GenerateConfig = GenerateConfig()
     star: STaRConfig = STaRConfig()
+    distill: DistillConfig = DistillConfig()
     grpo: GRPOConfig = GRPOConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -613,30 +629,33 @@ class Config:
 
 
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name under the pipeline's out_dir
-StageKind = Literal["pretrain", "worked_solutions", "sft", "grpo", "generate", "star"]
+StageKind = Literal["pretrain", "worked_solutions", "sft", "grpo", "generate", "star", "distill"]
 # What each stage kind makes: a model directory, or a data file of SFT rows.
 STAGE_OUTPUTS = {"pretrain": "model", "worked_solutions": "data", "sft": "model", "grpo": "model",
-                 "generate": "data", "star": "model"}
-STAGE_INPUTS = {"sft": ("model", "data"), "grpo": ("model",), "generate": ("model",), "star": ("model",)}
+                 "generate": "data", "star": "model", "distill": "model"}
+STAGE_INPUTS = {"sft": ("model", "data"), "grpo": ("model",), "generate": ("model",), "star": ("model",),
+                "distill": ("model", "teacher")}
 
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage of a pipeline (rlreason.train.pipeline): `kind` run with the pipeline's config plus
-    `overrides`, starting from stage `model`'s model and (sft) training on stage `data`'s rows. `tokenizer_from`
+    `overrides`, starting from stage `model`'s model, (sft) training on stage `data`'s rows, (distill) taught
+    by stage `teacher`'s model. `tokenizer_from`
     (pretrain): use that stage's model's tokenizer instead of training one, as a distillation student must."""
 
     name: str
     kind: StageKind
     model: str = ""
     data: str = ""
+    teacher: str = ""
     tokenizer_from: str = ""
     overrides: tuple[str, ...] = ()
 
     def validate(self, path: str) -> None:
         _require(STAGE_NAME.fullmatch(self.name) is not None, f"{path}.name",
                  f"must be letters, digits, '_', '.' or '-' (it names the stage's folder), got {self.name!r}")
-        for field in ("model", "data"):
+        for field in ("model", "data", "teacher"):
             needed = field in STAGE_INPUTS.get(self.kind, ())
             _require(needed == bool(getattr(self, field)), f"{path}.{field}",
                      f"{'must name an earlier stage' if needed else 'is not used'} for kind {self.kind!r}")
@@ -658,7 +677,8 @@ class PipelineConfig:
         made: dict[str, str] = {}
         for index, stage in enumerate(self.stages):
             _require(stage.name not in made, f"stages[{index}].name", f"names stage {stage.name!r} twice")
-            for field, wanted in (("model", "model"), ("data", "data"), ("tokenizer_from", "model")):
+            for field, wanted in (("model", "model"), ("data", "data"), ("teacher", "model"),
+                                  ("tokenizer_from", "model")):
                 source = getattr(stage, field)
                 _require(not source or made.get(source) == wanted, f"stages[{index}].{field}",
                          f"must name an earlier stage that makes a {wanted} "

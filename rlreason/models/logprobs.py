@@ -67,23 +67,28 @@ def hidden_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg
     return _token_stats(params, hidden, tokens, cfg, temperature, with_entropy)
 
 
-def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                        completion_tokens: jax.Array, cfg: ModelConfig, temperature: float,
-                        with_entropy: bool = False):
-    """Log-probs of completion tokens after their (left-padded) prompts, by one full forward pass.
-
-    prompt_tokens, prompt_mask: [B, Tp]; completion_tokens: [B, Tc].
-    Returns logprobs [B, Tc] float32 (and entropies [B, Tc] if `with_entropy`). Completion slots after a stop
-    token hold padding; they are attended by nothing that counts and are masked by the caller. With
-    `cfg.logprob_chunk_size` > 0 the [B, Tc, V] logits never exist at once (see _chunked_token_stats).
-    """
+def completion_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                      completion_tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """The hidden states [B, Tc, E] that predict each completion token after its (left-padded) prompt, by one
+    full forward pass. prompt_tokens, prompt_mask: [B, Tp]; completion_tokens: [B, Tc]. Completion slots after
+    a stop token hold padding; they are attended by nothing that counts and are masked by the caller."""
     tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
     key_valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones(completion_tokens.shape, bool)], axis=1)
     positions = positions_from_mask(key_valid)
     # Only the hidden states that predict completion tokens are needed: the last prompt slot and all but the
     # last completion slot.
-    prompt_length = prompt_tokens.shape[1]
     hidden, _ = forward_hidden(params, tokens[:, :-1], positions[:, :-1], key_valid[:, :-1], cfg)
-    logprobs, entropy = hidden_token_stats(params, hidden[:, prompt_length - 1:], completion_tokens, cfg,
-                                           temperature, with_entropy)
+    return hidden[:, prompt_tokens.shape[1] - 1:]
+
+
+def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                        completion_tokens: jax.Array, cfg: ModelConfig, temperature: float,
+                        with_entropy: bool = False):
+    """Log-probs of completion tokens after their prompts (arguments as `completion_hidden`).
+
+    Returns logprobs [B, Tc] float32 (and entropies [B, Tc] if `with_entropy`). With `cfg.logprob_chunk_size`
+    > 0 the [B, Tc, V] logits never exist at once (see _chunked_token_stats).
+    """
+    hidden = completion_hidden(params, prompt_tokens, prompt_mask, completion_tokens, cfg)
+    logprobs, entropy = hidden_token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy)
     return (logprobs, entropy) if with_entropy else logprobs

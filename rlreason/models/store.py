@@ -91,6 +91,12 @@ def run_model_config(stored: ModelConfig, run: ModelConfig, directory: str | Pat
     return model
 
 
+def run_settings_only(model: ModelConfig) -> ModelConfig:
+    """`model`'s run-time settings (MODEL_RUN_SETTINGS) on the default architecture: a run config for a model
+    directory of any architecture (run_model_config then takes the stored one)."""
+    return dataclasses.replace(ModelConfig(), **{name: getattr(model, name) for name in MODEL_RUN_SETTINGS})
+
+
 def load_model(directory: str | Path, shardings=None, run: ModelConfig | None = None):
     """Returns (params, ModelConfig, Tokenizer). `shardings`: a NamedSharding per leaf, or None for default.
     `run`: the run's model config, whose run-time settings apply (run_model_config); the params are restored in

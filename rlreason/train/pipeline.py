@@ -10,6 +10,7 @@ wiring below, all built and validated before the first stage starts:
   grpo              GRPO from stage `model`'s model (rlreason.train.loop) -> <stage>/model
   generate          rejection sampling with stage `model`'s model         -> <stage>/data.jsonl
   star              STaR rounds from stage `model`'s model                -> <stage>/round_<rounds>/sft/model
+  distill           on-policy distillation of stage `model`'s model by stage `teacher`'s -> <stage>/model
 Training stages run with train.out_dir = out_dir/<stage>, so their checkpoints, metrics and evaluations are
 there. A stage that starts from a model takes its architecture from it (the run config's model.* describe the
 pretrain stages' models), and keeps the run config's run-time model settings (dtype, remat, ...). After a stage that makes a model, that model is evaluated on eval.sets.
@@ -28,14 +29,15 @@ from typing import Callable
 
 from etils import epath
 
-from rlreason.config import (MODEL_RUN_SETTINGS, STAGE_OUTPUTS, Config, ConfigError, ModelConfig, PipelineConfig,
-                             StageConfig, load_config, load_pipeline)
+from rlreason.config import (STAGE_OUTPUTS, Config, ConfigError, PipelineConfig, StageConfig, load_config,
+                             load_pipeline)
 from rlreason.data import synthetic
-from rlreason.models.store import load_model_config
+from rlreason.models.store import load_model_config, run_settings_only
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules
 from rlreason.storage import storage_path
 from rlreason.train.commands import model_eval_metrics
+from rlreason.train.distill import distill
 from rlreason.train.generate import generate
 from rlreason.train.jsonl import write_rows
 from rlreason.train.loop import train
@@ -65,6 +67,8 @@ def stage_configs(pipeline: PipelineConfig, overrides: list[str]) -> dict[str, C
             wiring.append(f"train.model_dir={outputs[stage.model]}")
         if stage.data:
             wiring.append(f"sft.path={outputs[stage.data]}")
+        if stage.teacher:
+            wiring.append(f"distill.teacher={outputs[stage.teacher]}")
         try:
             cfg = load_config(pipeline.config, [*stage.overrides, *overrides, *wiring])
         except ConfigError as error:
@@ -74,8 +78,7 @@ def stage_configs(pipeline: PipelineConfig, overrides: list[str]) -> dict[str, C
                               f"task ({', '.join(synthetic.SYNTHETIC_TASKS)}), got task.name={cfg.task.name!r}; "
                               f"give an SFT file as a generate stage's output instead")
         if stage.model:  # the model directory fixes the architecture (the run config's is another model's)
-            run_settings = {name: getattr(cfg.model, name) for name in MODEL_RUN_SETTINGS}
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(ModelConfig(), **run_settings))
+            cfg = dataclasses.replace(cfg, model=run_settings_only(cfg.model))
         configs[stage.name] = cfg
         outputs[stage.name] = stage_output(pipeline, stage, cfg)
     return configs
@@ -111,7 +114,8 @@ def _star(cfg: Config, stage: StageConfig, pipeline: PipelineConfig, output: str
 
 # Stage kind -> (run config, stage, pipeline, output path) -> None; it leaves its output at the path.
 STAGES: dict[str, Callable] = {"pretrain": _pretrain, "worked_solutions": _worked_solutions, "sft": _train(sft),
-                               "grpo": _train(train), "generate": _generate, "star": _star}
+                               "grpo": _train(train), "generate": _generate, "star": _star,
+                               "distill": _train(distill)}
 
 
 def heldout_summary(metrics: dict[str, float]) -> dict[str, float]:

@@ -16,13 +16,14 @@ from rlreason import cli
 from rlreason.config import ConfigError, load_pipeline
 from rlreason.train.pipeline import REPORT, stage_configs
 
-# A short R1 pipeline on the tiny task: cold start, GRPO, rejection sampling, SFT on it.
+# A short R1 pipeline on the tiny task: cold start, GRPO, rejection sampling, on-policy distillation, SFT.
 STAGES = [
     {"name": "base", "kind": "pretrain"},
     {"name": "cold_data", "kind": "worked_solutions", "overrides": ["task.num_train=16"]},
     {"name": "cold_start", "kind": "sft", "model": "base", "data": "cold_data"},
     {"name": "rl", "kind": "grpo", "model": "cold_start"},
     {"name": "rs_data", "kind": "generate", "model": "rl", "overrides": ["generate.num_prompts=32"]},
+    {"name": "distilled", "kind": "distill", "model": "base", "teacher": "rl"},
     {"name": "rs_sft", "kind": "sft", "model": "rl", "data": "rs_data", "overrides": ["checkpoint.every_steps=2"]},
 ]
 SETTINGS = [*TINY_OVERRIDES, "sampling.max_completion_length=40", "generate.temperature=0.5", "sft.seq_len=96",
@@ -59,6 +60,7 @@ def test_stages_are_wired_to_what_they_name(tmp_path):
     assert configs["cold_start"].train.model_dir == f"{run}/base/model"
     assert configs["cold_start"].sft.path == f"{run}/cold_data/data.jsonl"
     assert configs["rs_sft"].train.model_dir == f"{run}/rl/model" and configs["rs_sft"].train.out_dir == f"{run}/rs_sft"
+    assert configs["distilled"].distill.teacher == f"{run}/rl/model"
     assert configs["rs_data"].generate.num_prompts == 32 and configs["rl"].generate.num_prompts == 1024
     bad = STAGES[:3] + [{**STAGES[3], "overrides": ["grpo.los_type=dapo"]}]
     with pytest.raises(ConfigError, match=r"stage 'rl' \(stages\[3\]\): config key 'grpo.los_type' is unknown"):
@@ -88,7 +90,7 @@ def test_a_stopped_pipeline_resumes_the_stage_it_was_in(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["pipeline", str(path), *SETTINGS]) == 0
     out = capsys.readouterr().out
-    assert all(f"stage {index}/6 {stage['name']!r} finished earlier; not rerun" in out
+    assert all(f"stage {index}/{len(STAGES)} {stage['name']!r} finished earlier; not rerun" in out
                for index, stage in enumerate(STAGES[:-1], start=1))
     assert f"resuming from checkpoint {run / 'rs_sft' / 'checkpoints' / '2'}" in out
     assert {name: (run / name / "stage.json").stat().st_mtime_ns for name in stamps} == stamps
