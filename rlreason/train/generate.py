@@ -19,6 +19,7 @@ Each output row (JSONL, one per kept completion; `rlreason sft` reads prompt and
 from __future__ import annotations
 
 import dataclasses
+
 from rlreason.config import Config, GenerateConfig
 from rlreason.data.encoding import PromptSet, load_prompts
 from rlreason.data.eval_sets import EvalSet
