@@ -774,6 +774,7 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
 def _build(cls: type, data: dict, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
@@ -782,6 +783,10 @@ def _build(cls: type, data: dict, path: str) -> Any:
             hint = f" Did you mean '{path + '.' if path else ''}{close[0]}'?" if close else ""
             raise ConfigError(f"config key '{dotted}' is unknown.{hint} "
                               f"Allowed keys{' under ' + repr(path) if path else ''}: {', '.join(names)}")
+        if isinstance(value, dict) and dataclasses.is_dataclass(defaults[key]):
+            # A section given in part keeps the rest of its own default (grpo.optim's constant schedule, say),
+            # not the defaults of its class.
+            value = _merge(_to_dict(defaults[key]), value)
         kwargs[key] = _convert(value, hints[key], dotted)
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in kwargs and f.default is dataclasses.MISSING

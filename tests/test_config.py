@@ -107,3 +107,14 @@ def test_an_eval_best_metric_with_aligned_checkpoints_loads():
 def test_sft_generate_and_star_settings_are_checked_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_a_section_given_in_part_keeps_the_rest_of_its_own_default():
+    """grpo.optim's default is a constant schedule with 5 warmup steps, pretrain.optim's a cosine with 20, unlike
+    OptimConfig's own defaults: setting one key of either leaves the others at that section's default."""
+    cfg = load_config(None, ["grpo.optim.learning_rate=0.5", "pretrain.optim.learning_rate=0.25",
+                             "distill.optim={learning_rate: 0.125}"])
+    assert (cfg.grpo.optim.learning_rate, cfg.grpo.optim.schedule, cfg.grpo.optim.warmup_steps) == (0.5, "constant", 5)
+    assert (cfg.pretrain.optim.learning_rate, cfg.pretrain.optim.warmup_steps) == (0.25, 20)
+    assert (cfg.distill.optim.learning_rate, cfg.distill.optim.schedule) == (0.125, "constant")
+    assert load_config(None, ["grpo.optim.schedule=cosine"]).grpo.optim.learning_rate == 1e-4
