@@ -32,11 +32,17 @@ from rlreason.train.evaluate import Evaluator
 from rlreason.train.jsonl import write_rows
 
 
+def verification(settings: GenerateConfig) -> tuple[str, str]:
+    """(the Evaluator sample-row key that says a sample is verified, the summary key of its pass@1): strict
+    (answer and format) with require_format, else the answer alone."""
+    return ("strict", "pass@1_strict") if settings.require_format else ("correct", "pass@1")
+
+
 def select_verified(rows: list[dict], settings: GenerateConfig) -> list[dict]:
-    """The kept samples of one prompt's `rows` (Evaluator sample rows, in sampling order): verified (strict with
-    require_format, else correct), one per distinct completion text, the shortest first with `shortest`
-    (ties in sampling order), at most max_per_prompt."""
-    verified = [row for row in rows if row["strict" if settings.require_format else "correct"]]
+    """The kept samples of one prompt's `rows` (Evaluator sample rows, in sampling order): verified
+    (`verification`), one per distinct completion text, the shortest first with `shortest` (ties in sampling
+    order), at most max_per_prompt."""
+    verified = [row for row in rows if row[verification(settings)[0]]]
     distinct = list({row["completion"].strip(): row for row in reversed(verified)}.values())[::-1]
     if settings.shortest:
         distinct.sort(key=lambda row: row["length"])
@@ -62,7 +68,7 @@ def rejection_sample(cfg: Config, params, model_cfg, tokenizer, mesh, rules, pro
                                                                      temperature=settings.temperature))
     evaluator = Evaluator(sampling_cfg, model_cfg, tokenizer, mesh, rules, [prompt_set])
     result = evaluator.evaluate(params, prompt_set, show_progress=show_progress and is_main_process())
-    k, verdict = settings.num_samples, "strict" if settings.require_format else "correct"
+    k, (verdict, pass_at_1) = settings.num_samples, verification(settings)
     kept = []
     for problem, start in enumerate(range(0, len(result.rows), k)):
         rows = select_verified(result.rows[start:start + k], settings)
@@ -72,7 +78,7 @@ def rejection_sample(cfg: Config, params, model_cfg, tokenizer, mesh, rules, pro
     summary = {"prompts": len(prompts), "samples": len(result.rows),
                "verified": sum(row[verdict] for row in result.rows), "kept": sum(map(len, kept)),
                "prompts_with_kept": sum(bool(rows) for rows in kept),
-               "pass@1": result.summary["pass@1_strict" if settings.require_format else "pass@1"]}
+               "pass@1": result.summary[pass_at_1]}
     return kept, summary
 
 
