@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import string
 import types
 import typing
 from pathlib import Path
@@ -114,6 +115,15 @@ class TokenizerConfig:
     byte_fallback: bool = False  # for training: unknown characters become byte pieces
 
 
+def _formats_question_only(text: str) -> bool:
+    """Whether `text` is a str.format template whose only field is {question}, used once."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError:
+        return False
+    return fields == ["question"]
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
     """The prompt source (see `rlreason.data.sources`).
@@ -129,6 +139,7 @@ class TaskConfig:
                   "humaneval"] = "addition"
     min_digits: int = 1
     max_digits: int = 2
+    zero_pad: bool = True  # addition writes operands zero-padded to max_digits ("07+85"): tiny models read them
     countdown_numbers: int = 3
     path: str = ""  # a .jsonl / .parquet file or a folder of them, for gsm8k, math and jsonl
     eval_path: str = ""  # held-out file or folder for those; empty: num_eval rows of `path`, chosen by seed
@@ -141,8 +152,14 @@ class TaskConfig:
     seed: int = 0
     num_train: int = 20000  # training pool: problems generated, or at most this many rows read
     num_eval: int = 64  # held-out prompts for evaluation
+    # How each question is put to the model, around the source's own text (before tokenizer.template renders it):
+    # "{question} Answer with just the number." asks a chat model for a short reply.
+    question_format: str = "{question}"
 
     def validate(self, path: str) -> None:
+        _require(_formats_question_only(self.question_format), f"{path}.question_format",
+                 f"must be a format string with one {{question}} field and no other (write {{{{ }}}} for literal "
+                 f"braces), got {self.question_format!r}")
         _require(self.name not in ("gsm8k", "math", "jsonl") or self.path != "", f"{path}.path",
                  f"must name a .jsonl / .parquet file or a folder of them for {path}.name={self.name!r}")
         _require(self.name != "reasoning_gym" or self.reasoning_gym_name != "", f"{path}.reasoning_gym_name",

@@ -118,3 +118,10 @@ def test_a_section_given_in_part_keeps_the_rest_of_its_own_default():
     assert (cfg.pretrain.optim.learning_rate, cfg.pretrain.optim.warmup_steps) == (0.25, 20)
     assert (cfg.distill.optim.learning_rate, cfg.distill.optim.schedule) == (0.125, "constant")
     assert load_config(None, ["grpo.optim.schedule=cosine"]).grpo.optim.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("text", ["'Solve: {problem}'", "'no field at all'", "'{question} and {question}'",
+                                  "'{question'"])
+def test_a_question_format_without_exactly_one_question_field_is_refused(text):
+    with pytest.raises(ConfigError, match=r"'task.question_format' must be a format string with one \{question\}"):
+        load_config(overrides=[f"task.question_format={text}"])

@@ -19,7 +19,7 @@ from rlreason.config import Config, EvalSetConfig, RewardConfig, TaskConfig
 from rlreason.data.encoding import PromptSet, encode_rows, load_prompts
 from rlreason.data.readers import read_records
 from rlreason.data.sources import FILE_SOURCES, accuracy_reward, file_examples
-from rlreason.data.examples import task_rows
+from rlreason.data.examples import asked, task_rows
 from rlreason.tokenizers import Tokenizer
 
 
@@ -61,7 +61,7 @@ def load_eval_set(cfg: Config, index: int, tokenizer: Tokenizer) -> EvalSet:
                        cfg.grpo.rewards, cfg.grpo.accuracy_reward)
     key = f"eval.sets[{index}]"
     if eval_set.source in FILE_SOURCES:
-        rows = file_examples(task, read_records(eval_set.path, f"{key}.path")[:count])
+        rows = asked(task, file_examples(task, read_records(eval_set.path, f"{key}.path")[:count]))
     else:
         rows = task_rows(task, "eval", count)
     accuracy = accuracy_reward(task)

@@ -9,6 +9,7 @@ problems to generate, or at most how many rows to take, in file order.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Literal
 
@@ -42,7 +43,18 @@ def _held_out_split(task: TaskConfig, rows: list, split: Split, where: str) -> l
 
 
 def task_rows(task: TaskConfig, split: Split, count: int) -> list[Example | BadRow]:
-    """`count` examples of `split`, with a BadRow in place of each malformed one (the policy is not applied)."""
+    """`count` examples of `split`, with a BadRow in place of each malformed one (the policy is not applied),
+    questions put as `task.question_format` says."""
+    return asked(task, _source_rows(task, split, count))
+
+
+def asked(task: TaskConfig, rows: list[Example | BadRow]) -> list[Example | BadRow]:
+    """`rows` with each question put as `task.question_format` says."""
+    return [dataclasses.replace(row, question=task.question_format.format(question=row.question))
+            if isinstance(row, Example) else row for row in rows]
+
+
+def _source_rows(task: TaskConfig, split: Split, count: int) -> list[Example | BadRow]:
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     seed = task.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)

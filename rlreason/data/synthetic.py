@@ -50,15 +50,17 @@ def column_addition(a: int, b: int, forget_carry: Callable[[], bool] = lambda: F
     return ", ".join(steps) + f", so {result}", result
 
 
-def addition(rng: random.Random, min_digits: int, max_digits: int) -> Problem:
+def addition(rng: random.Random, min_digits: int, max_digits: int, zero_pad: bool = True) -> Problem:
     """a + b with the column-wise steps of `column_addition`.
 
-    Operands are written zero-padded to `max_digits` ("What is 07+85?"), so that every digit sits at a fixed
-    distance from the end of the prompt: tiny models learn to read them in a few hundred steps.
+    With `zero_pad`, operands are written zero-padded to `max_digits` ("What is 07+85?"), so that every digit sits
+    at a fixed distance from the end of the prompt: tiny models learn to read them in a few hundred steps.
+    Pretrained models read "What is 7+85?" as people write it.
     """
     a, b = _number(rng, min_digits, max_digits), _number(rng, min_digits, max_digits)
     solution, result = column_addition(a, b)
-    return Problem(f"What is {a:0{max_digits}d}+{b:0{max_digits}d}?", result, solution, operands=(a, b))
+    width = max_digits if zero_pad else 1
+    return Problem(f"What is {a:0{width}d}+{b:0{width}d}?", result, solution, operands=(a, b))
 
 
 def with_forgotten_carries(problem: Problem, rng: random.Random, rate: float) -> Problem:
@@ -109,7 +111,7 @@ def countdown(rng: random.Random, count: int, max_number: int = 20) -> Problem:
 
 def make_problem(task: TaskConfig, rng: random.Random) -> Problem:
     if task.name == "addition":
-        return addition(rng, task.min_digits, task.max_digits)
+        return addition(rng, task.min_digits, task.max_digits, task.zero_pad)
     if task.name == "multiplication":
         return multiplication(rng, task.min_digits, task.max_digits)
     if task.name == "countdown":

@@ -37,6 +37,27 @@ def test_arithmetic_answers_are_right(name, operator):
         assert example.answer == str(operator(int(a), int(b))), example
 
 
+def test_addition_operands_are_zero_padded_unless_told_not_to():
+    padded = task_rows(task_config("task.min_digits=1", "task.max_digits=2", "task.seed=3"), "train", 200)
+    plain = task_rows(task_config("task.min_digits=1", "task.max_digits=2", "task.seed=3", "task.zero_pad=false"),
+                      "train", 200)
+    assert all(re.fullmatch(r"What is \d\d\+\d\d\?", example.question) for example in padded)
+    assert [example.answer for example in plain] == [example.answer for example in padded]
+    for example, padded_example in zip(plain, padded):
+        a, b = re.fullmatch(r"What is (\d+)\+(\d+)\?", example.question).groups()
+        assert a == str(int(a)) and b == str(int(b))  # no leading zeros
+        assert padded_example.question == f"What is {int(a):02d}+{int(b):02d}?"
+
+
+def test_question_format_puts_every_question_of_every_split():
+    task = task_config("task.question_format='Q: {question} Answer with just the number.'")
+    for split in ("train", "eval"):
+        asked, plain = task_rows(task, split, 20), task_rows(task_config(), split, 20)
+        assert [example.question for example in asked] == [
+            f"Q: {example.question} Answer with just the number." for example in plain]
+        assert [example.answer for example in asked] == [example.answer for example in plain]
+
+
 def test_countdown_golds_use_every_number_once_and_reach_the_target():
     countdown = get_reward_fn("countdown")
     for example in task_rows(task_config("task.name=countdown", "task.countdown_numbers=4"), "train", 300):
