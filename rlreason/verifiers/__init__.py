@@ -1,7 +1,7 @@
 """Rule-based rewards: text verifiers with a registry, token-level JAX versions, and the host-callback bridge.
 
 Importing this package registers the built-in reward functions (names for `RewardConfig.name`):
-`r1_format`, `exact_answer`, `countdown`, `gsm8k`, `gsm8k_last_number`, `math_equiv`, `code_tests`,
+`r1_format`, `exact_answer`, `countdown`, `gsm8k`, `gsm8k_last_number`, `number_only`, `math_equiv`, `code_tests`,
 `language_consistency`.
 
 Modules that import no JAX (verifier worker processes import them): `base` (contract, registry), `format`,

@@ -1,5 +1,5 @@
-"""Answers compared as normalized text (`exact_answer`, the synthetic tasks) or as numbers (`gsm8k`, and the
-lenient `gsm8k_last_number`).
+"""Answers compared as normalized text (`exact_answer`, the synthetic tasks) or as numbers (`gsm8k`, the
+lenient `gsm8k_last_number`, and `number_only` for chat models asked for just the number).
 
 Only ASCII digits are digits: `١٢٣` and full-width `１２３` are text, never the number 123. Golds are written
 in ASCII, and the token-level version (digits split into single tokens) could not equate them anyway.
@@ -95,3 +95,15 @@ def gsm8k_last_number(prompt: str, completion: str, gold: str, metadata: dict) -
         return None
     answer = extract_answer(completion)
     return 1.0 if last_number(completion if answer is None else answer) == expected else 0.0
+
+
+@reward_function("number_only")
+def number_only(prompt: str, completion: str, gold: str, metadata: dict) -> float | None:
+    """For chat models asked to "answer with just the number": 1.0 if the whole reply is one number (see
+    `only_number`: "11", "11.", "$11", "11 apples") equal to the number `gold`, else 0.0 ("7+4=11" and "The
+    answer is 11" score 0); None if `gold` is not a number. The strict counterpart of `gsm8k_last_number`, which
+    finds the answer anywhere."""
+    expected = parse_number(gold.strip())
+    if expected is None:
+        return None
+    return 1.0 if only_number(completion) == expected else 0.0

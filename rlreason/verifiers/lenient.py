@@ -38,7 +38,7 @@ FORMAT_COMPLIANCE = "r1_format"  # the function whose score is reported as forma
 FORMAT_REWARDS = ("r1_format",)  # functions that, among a run's rewards, strict accuracy requires
 # The lenient version of each accuracy reward; an accuracy reward not listed is its own lenient version.
 LENIENT_VERSIONS = {"exact_answer": "lenient_answer", "gsm8k": "lenient_answer",
-                    "gsm8k_last_number": "lenient_answer", "math_equiv": "lenient_math",
+                    "gsm8k_last_number": "lenient_answer", "number_only": "lenient_answer", "math_equiv": "lenient_math",
                     "countdown": "lenient_countdown"}
 
 BOXED = "\\boxed{"

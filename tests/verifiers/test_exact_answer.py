@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 from rlreason.verifiers.answers import (canonical_answer, exact_answer, gsm8k, gsm8k_last_number, last_number,
+                                       number_only,
                                         parse_number)
 
 
@@ -90,3 +91,19 @@ def test_last_number(text, expected):
 def test_gsm8k(completion, gold, tag_required, tag_optional):
     assert gsm8k("prompt", completion, gold, {}) == tag_required
     assert gsm8k_last_number("prompt", completion, gold, {}) == tag_optional
+
+
+@pytest.mark.parametrize("completion, gold, expected", [
+    ("11", "11", 1.0),
+    (" 11.\n", "11", 1.0),
+    ("$11", "11", 1.0),
+    ("11 apples", "11", 1.0),
+    ("7 + 4 = 11", "11", 0.0),  # right, but not just the number: gsm8k_last_number's credit, not this one's
+    ("The answer is 11", "11", 0.0),
+    ("11 or 12", "11", 0.0),
+    ("12", "11", 0.0),
+    ("", "11", 0.0),
+    ("11", "eleven", None),
+])
+def test_number_only_pays_a_reply_that_is_just_the_right_number(completion, gold, expected):
+    assert number_only("prompt", completion, gold, {}) == expected

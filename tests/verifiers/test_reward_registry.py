@@ -17,7 +17,7 @@ NAN = float("nan")
 
 
 def test_builtin_functions_are_registered_with_their_isolation():
-    builtin = {"r1_format", "exact_answer", "countdown", "gsm8k", "gsm8k_last_number", "math_equiv"}
+    builtin = {"r1_format", "exact_answer", "countdown", "gsm8k", "gsm8k_last_number", "number_only", "math_equiv"}
     assert builtin <= set(REWARD_FUNCTIONS)
     assert get_reward_fn("math_equiv").isolated
     assert not any(get_reward_fn(name).isolated for name in ("r1_format", "exact_answer", "countdown", "gsm8k"))
