@@ -67,14 +67,48 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
+# Vocabulary block of the two-level CDF search in `categorical_by_cdf`.
+CDF_BLOCK = 256
+
+
+def categorical_by_cdf(logits: jax.Array, uniforms: jax.Array) -> jax.Array:
+    """One index per row drawn from softmax(logits) by inverting its CDF at `uniforms` [B] (uniform in [0, 1));
+    logits: [B, V] float32, -inf where a token is excluded. Returns [B] int32.
+
+    Exact sampling with one random number per row, where `jax.random.categorical` draws V Gumbel numbers (at a
+    49k vocabulary that was 110 ms of each 64-row decode step on 2 CPU cores, against 5 ms here). The search runs
+    in two levels, over block sums and then inside the chosen block, so it costs O(V) adds rather than a
+    V-long sequential cumsum. A token of zero probability is never drawn: the CDF does not rise at it.
+    """
+    batch, vocab = logits.shape
+    blocks = -(-vocab // CDF_BLOCK)
+    padded = jnp.pad(logits, ((0, 0), (0, blocks * CDF_BLOCK - vocab)), constant_values=-jnp.inf)
+    weights = jnp.exp(padded - jnp.max(logits, axis=-1, keepdims=True)).reshape(batch, blocks, CDF_BLOCK)
+    block_mass = jnp.sum(weights, axis=-1)  # [B, N]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    target = uniforms * block_cdf[:, -1]  # [B]
+
+    def last_positive(mass):  # [B, n] -> [B]: the last index of positive mass (the search may round past it)
+        return mass.shape[1] - 1 - jnp.argmax(mass[:, ::-1] > 0, axis=-1)
+
+    block = jnp.minimum(jnp.sum(block_cdf <= target[:, None], axis=-1), last_positive(block_mass))
+    mass_before = jnp.where(block > 0, jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[:, None], 1)[:, 0],
+                            0.0)
+    inside = jnp.take_along_axis(weights, block[:, None, None], axis=1)[:, 0]  # [B, CDF_BLOCK]
+    within = jnp.sum(jnp.cumsum(inside, axis=-1) <= (target - mass_before)[:, None], axis=-1)
+    return (block * CDF_BLOCK + jnp.minimum(within, last_positive(inside))).astype(jnp.int32)
+
+
 def sample_token(logits: jax.Array, rng: jax.Array, params: SamplingParams) -> jax.Array:
     """One token per row from float32 logits [B, V]; `rng`: one key for the batch, or a key per row [B]."""
     if params.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     filtered = filter_logits(scale_logits(logits, params.temperature), params.top_k, params.top_p)
     if rng.ndim:
-        return jax.vmap(jax.random.categorical)(rng, filtered).astype(jnp.int32)
-    return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+        uniforms = jax.vmap(jax.random.uniform)(rng)
+    else:
+        uniforms = jax.random.uniform(rng, (logits.shape[0],))
+    return categorical_by_cdf(filtered, uniforms)
 
 
 def row_keys(prompt_keys: jax.Array, group_size: int) -> jax.Array:

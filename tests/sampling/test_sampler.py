@@ -10,7 +10,7 @@ import pytest
 from rlreason.config import ModelConfig
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.models.transformer import forward, init_params, positions_from_mask
-from rlreason.sampling.sampler import SamplingParams, filter_logits, generate
+from rlreason.sampling.sampler import CDF_BLOCK, SamplingParams, categorical_by_cdf, filter_logits, generate, sample_token
 
 CFG = ModelConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                   intermediate_size=40, init_std=0.4, qkv_bias=True, tie_embeddings=False)
@@ -109,6 +109,46 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     # Nucleus 0.8: 0.5 + 0.2 = 0.7 < 0.8, so the third token (0.15) is still needed; the fourth is not.
     assert np.isfinite(filter_logits(logits, 0, 0.8)).tolist() == [[True, True, True, False, False]]
     assert np.isfinite(filter_logits(logits, 0, 0.01)).tolist() == [[True, False, False, False, False]]
+
+
+def _inverse_cdf_float64(logits: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The index where each row's float64 CDF first exceeds u * total, and how far u * total lies from the
+    nearest CDF step (a float32 search may resolve a tie within rounding either way)."""
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cdf = np.cumsum(weights, axis=1)
+    target = uniforms * cdf[:, -1]
+    index = np.array([np.searchsorted(row, value, side="right") for row, value in zip(cdf, target)])
+    margin = np.min(np.abs(cdf - target[:, None]), axis=1) / cdf[:, -1]
+    return index, margin
+
+
+def test_cdf_sampling_inverts_the_float64_cdf_and_never_draws_excluded_tokens():
+    rng = np.random.default_rng(0)
+    vocab = 2 * CDF_BLOCK + 89  # three blocks, the last one partly padding
+    logits = rng.normal(0, 3, (512, vocab))
+    logits[:, rng.random(vocab) < 0.3] = -np.inf  # excluded (top-k / top-p) tokens
+    logits[:4, :] = -np.inf
+    logits[0, 5], logits[1, vocab - 1], logits[2, CDF_BLOCK] = 0.0, 0.0, 0.0  # one token left
+    logits[3, [CDF_BLOCK - 1, CDF_BLOCK]] = 0.0  # two tokens at a block edge
+    uniforms = rng.random(512)
+    uniforms[:8] = [0.0, 1 - 2**-24, 0.5, 0.4999, 0.0, 1 - 2**-24, 0.0, 1 - 2**-24]
+    drawn = np.asarray(categorical_by_cdf(jnp.asarray(logits, jnp.float32), jnp.asarray(uniforms, jnp.float32)))
+    expected, margin = _inverse_cdf_float64(logits, uniforms)
+    assert np.all(np.isfinite(logits[np.arange(512), drawn])), "an excluded token was drawn"
+    assert drawn[:4].tolist() == [5, vocab - 1, CDF_BLOCK, CDF_BLOCK - 1]
+    clear = margin > 1e-5  # float32 sums resolve the search away from a step
+    assert clear.sum() > 450
+    np.testing.assert_array_equal(drawn[clear], expected[clear])
+
+
+def test_sampled_token_frequencies_follow_the_softmax():
+    """10,000 draws of one row: each token's count within 4.5 binomial standard deviations of n * p."""
+    probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    draws = 10_000
+    logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs, jnp.float32)), (draws, probs.size))
+    tokens = np.asarray(sample_token(logits, jax.random.key(3), SamplingParams(max_new_tokens=1, temperature=1.0)))
+    counts = np.bincount(tokens, minlength=probs.size)
+    np.testing.assert_array_less(np.abs(counts - draws * probs), 4.5 * np.sqrt(draws * probs * (1 - probs)))
 
 
 def test_top_k_one_is_greedy(setup):
