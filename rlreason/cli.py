@@ -22,7 +22,8 @@ from rlreason.config import GRPOConfig
 REWARD_CONTROLS = typing.get_args(typing.get_type_hints(GRPOConfig)["reward_control"])
 
 COMMANDS = {
-    "demo": "pretrain a tiny base model, evaluate it, run GRPO, evaluate again, write a report (--out DIR)",
+    "demo": ("pretrain a tiny base model (or take train.model_dir), evaluate it, run GRPO and a random-reward control, "
+             "evaluate both, write a report (--out DIR)"),
     "pretrain": "next-token training of a model from scratch on the task's worked solutions (--out DIR)",
     "train": "GRPO training from train.model_dir; writes metrics.jsonl, samples.jsonl, checkpoints/ and model/ to "
              "train.out_dir, resuming from its checkpoints if it has any",

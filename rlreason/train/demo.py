@@ -1,7 +1,8 @@
 """`rlreason demo`: R1-Zero on a CPU in a few minutes, with a control run that shows what the true reward buys.
 
 1. pretrain a tiny base model on a synthetic task until it usually writes the R1 format but often gets the answer
-   wrong; 2. evaluate it on held-out problems (the first of eval.sets); 3. run GRPO with rule-based rewards only; 4. run the same GRPO
+   wrong (with train.model_dir set, start from that model instead: a pretrained one such as SmolLM2);
+2. evaluate it on held-out problems (the first of eval.sets); 3. run GRPO with rule-based rewards only; 4. run the same GRPO
    with a reward control (`grpo.reward_control`, default shuffle: the batch's rewards permuted, so they say nothing
    about the completions); 5. evaluate both; 6. write summary.json and report.md, plots under plots/: the
    comparison of the three, then the GRPO run's own report (rlreason.train.report, as `rlreason report`).
@@ -34,13 +35,13 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True, contr
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     seconds, start = {}, time.perf_counter()
-    base_dir = pretrain(cfg, out_dir / "base", show_progress)
+    base_dir = cfg.train.model_dir or pretrain(cfg, out_dir / "base", show_progress)
     mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
     stored, _ = load_model_config(base_dir)
     params, model_cfg, tokenizer = load_model(
         base_dir, shardings=param_shardings(run_model_config(stored, cfg.model, base_dir), mesh, rules), run=cfg.model)
     evaluator = build_evaluator(cfg, model_cfg, tokenizer, mesh, rules)  # compiled once, for all three evaluations
-    seconds["pretrain"] = time.perf_counter() - start
+    seconds["pretrain" if not cfg.train.model_dir else "load"] = time.perf_counter() - start
 
     def evaluated(label: str, run_params) -> tuple[dict, list[dict]]:
         begin = time.perf_counter()
