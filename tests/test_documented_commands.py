@@ -68,9 +68,12 @@ TINY_SETTINGS = {
     # Given to every stage, after the stage's own overrides: the stages' step counts become the tiny ones.
     "configs/pipelines/r1_cpu.yaml": [*_SYNTHETIC_TINY, "train.batch_size=4", "grpo.num_generations=4"],
     "configs/tpu_v5p_64.yaml": ["train.steps=2"],
-    "configs/gsm8k_smollm2.yaml": ["train.steps=1", "train.batch_size=1", "grpo.num_generations=2",
-                                   "sampling.max_completion_length=8", "task.num_train=8", "task.num_eval=2",
-                                   "eval.num_samples=1"],
+    "configs/gsm8k_r1.yaml": ["train.steps=1", "train.batch_size=1", "grpo.num_generations=2", "train.eval_every=0",
+                              "sampling.max_completion_length=8", "task.num_train=8", "task.num_eval=2",
+                              "eval.num_samples=1"],
+    "configs/recipes/smollm2_addition.yaml": ["train.steps=1", "train.batch_size=1", "grpo.num_generations=2",
+                                              "sampling.max_completion_length=4", "task.num_eval=2",
+                                              "eval.num_samples=1"],
 }
 # Document -> overrides appended after the tiny settings, where a document's commands need more than a tiny
 # model: rejection sampling needs a base model that is sometimes right, so that something is kept to train on.

@@ -78,11 +78,11 @@ def test_greedy_32_tokens_match_transformers(imported, reference, chat_prompt_id
 
 
 def test_convert_then_sample_on_the_command_line(smollm2_converted):
-    """`rlreason convert` wrote a model directory that `rlreason sample`, with the GSM8K config's chat template,
+    """`rlreason convert` wrote a model directory that `rlreason sample`, with the recipe's chat template,
     answers from greedily, stopping at the end of its turn (<|im_end|>) well before the token limit."""
     assert "llama, 30 layers, 134.5M parameters (float32), tokenizer tokenizer.json" in smollm2_converted.report
     result = subprocess.run(
-        [sys.executable, "-m", "rlreason", "sample", "configs/gsm8k_smollm2.yaml", "sampling.temperature=0",
+        [sys.executable, "-m", "rlreason", "sample", "configs/recipes/smollm2_addition.yaml", "sampling.temperature=0",
          "sampling.max_completion_length=48", "--model", str(smollm2_converted.directory),
          "--prompt", QUESTION], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr

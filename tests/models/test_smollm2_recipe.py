@@ -1,9 +1,10 @@
-"""GRPO with configs/gsm8k_smollm2.yaml: the training loop on the real SmolLM2-135M-Instruct and its tokenizer.
+"""configs/recipes/smollm2_addition.yaml: GRPO on the real SmolLM2-135M-Instruct and its tokenizer.
 
-The default run takes one step with tiny sampling lengths (short GSM8K questions, 8 new tokens); the slow run
-takes three steps at the config's own sizes. The config's reward, the last number of the reply, is 0 on nearly
-every sample of this model, and rewards that are equal within every group leave the policy as it was; so the
-runs add `completion_chars`, the reply's length, which varies from reply to reply, to make the update certain.
+By default one step at tiny sampling lengths, checked for what an update must do; with `-m slow` the recipe end
+to end as `rlreason demo` runs it (base evaluation, GRPO, the shuffled-reward control, their evaluations), fewer
+steps and problems than the recipe's, asserting that held-out lenient accuracy rises and the control's does not.
+The one-step run adds `completion_chars`, the reply's length, to the rewards: two groups of four short replies can
+tie on the recipe's rewards, and tied groups leave the policy as it was.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 
 import jax
@@ -20,15 +20,12 @@ import pytest
 
 from rlreason.config import RewardConfig, load_config
 from rlreason.models.store import load_model
-from rlreason.train.loop import train
+from rlreason.train.demo import run_demo
+from rlreason.train.loop import SAMPLES_PER_LOG, train
 from rlreason.verifiers import reward_function
 
 ROOT = Path(__file__).parents[2]
-CONFIG = ROOT / "configs" / "gsm8k_smollm2.yaml"
-GSM8K_TRAIN = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-
-pytestmark = pytest.mark.skipif(not GSM8K_TRAIN.is_file(), reason=f"the shared GSM8K file {GSM8K_TRAIN} is "
-                                "missing (CI clones the repository with ../shared beside it)")
+CONFIG = ROOT / "configs" / "recipes" / "smollm2_addition.yaml"
 
 
 @reward_function("completion_chars")
@@ -37,10 +34,9 @@ def completion_chars(prompt: str, completion: str, gold: str, metadata: dict) ->
     return len(completion) / 1000
 
 
-def run_grpo(model_dir: Path, out_dir: Path, overrides: list[str], monkeypatch):
-    """`train` on the config from the repository root (its data paths are relative to it), with
-    `completion_chars` added to its rewards. Returns (final state, per-step metrics, samples.jsonl rows)."""
-    monkeypatch.chdir(ROOT)
+def run_grpo(model_dir: Path, out_dir: Path, overrides: list[str]):
+    """`train` on the recipe with `completion_chars` added to its rewards. Returns (final state, per-step
+    metrics, samples.jsonl rows)."""
     cfg = load_config(CONFIG, [f"train.model_dir={model_dir}", f"train.out_dir={out_dir}", "train.sample_every=1",
                                *overrides])
     cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(
@@ -59,7 +55,9 @@ def check_run(model_dir: Path, state, history: list[dict], samples: list[dict]) 
         assert metrics["frac_reward_zero_std"] < 1, "every group scored its samples alike: no update"
     for row in samples:
         assert "You are a helpful AI assistant named SmolLM" in row["prompt"], row
-        assert row["length"] > 0 and re.search("[A-Za-z]{2,}", row["completion"]), row
+        assert "\nuser\nWhat is " in row["prompt"] and row["prompt"].endswith(
+            "? Answer with just the number.\nassistant\n"), row  # decoded without the special tokens
+        assert row["length"] > 0 and row["completion"].strip(), row
     initial, _, _ = load_model(model_dir)
     adamw_bound = sum(metrics["learning_rate"] for metrics in history)
     for (path, before), after in zip(jax.tree_util.tree_leaves_with_path(initial), jax.tree.leaves(state.params)):
@@ -68,18 +66,21 @@ def check_run(model_dir: Path, state, history: list[dict], samples: list[dict]) 
         assert 0 < change <= 2 * adamw_bound, (jax.tree_util.keystr(path), change)
 
 
-def test_one_step_on_short_questions(smollm2_converted, tmp_path, monkeypatch):
-    # Temperature 1 so that the two replies of a group differ (at 0.7 they often start alike).
+def test_one_step(smollm2_converted, tmp_path):
     state, history, samples = run_grpo(
         smollm2_converted.directory, tmp_path,
-        ["train.steps=1", "grpo.num_generations=2", "sampling.max_prompt_length=64", "sampling.max_completion_length=8",
-         "sampling.temperature=1.0", "task.num_train=64", "task.on_bad_row=skip"], monkeypatch)
-    assert len(history) == 1 and len(samples) == 4
+        ["train.steps=1", "train.batch_size=2", "grpo.num_generations=4", "sampling.max_completion_length=8"])
+    assert len(history) == 1 and len(samples) == SAMPLES_PER_LOG
     check_run(smollm2_converted.directory, state, history, samples)
 
 
 @pytest.mark.slow
-def test_three_steps_at_the_configs_sizes(smollm2_converted, tmp_path, monkeypatch):
-    state, history, samples = run_grpo(smollm2_converted.directory, tmp_path, ["train.steps=3"], monkeypatch)
-    assert [metrics["step"] for metrics in history] == [1, 2, 3]
-    check_run(smollm2_converted.directory, state, history, samples)
+def test_the_recipe_raises_held_out_lenient_accuracy_and_its_shuffled_control_does_not(smollm2_converted, tmp_path):
+    """12 steps of the recipe (docs/real-models.md measures its full 20), 32 held-out problems x 4 samples."""
+    cfg = load_config(CONFIG, [f"train.model_dir={smollm2_converted.directory}", "train.steps=12",
+                               "task.num_eval=32"])
+    summary = run_demo(cfg, tmp_path, show_progress=False)
+    assert summary["rl_gain_lenient_points"] >= 20, summary
+    assert summary["control_pass@1_lenient"] < summary["base_pass@1_lenient"] + 0.5 * (
+        summary["rl_pass@1_lenient"] - summary["base_pass@1_lenient"]), summary
+    assert summary["rl_pass@1_lenient"] >= summary["rl_pass@1_strict"]
