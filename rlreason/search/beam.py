@@ -1,0 +1,56 @@
+"""Step-level beam search: grow each problem's best `beam` partial solutions one reasoning step at a time.
+
+Each round continues every unfinished beam `expand` times up to its next step end (a delimiter token, a stop
+token, or `max_step_tokens` new tokens), in one batch through the compiled sampler, scores every candidate
+with `score` (a PRM's probability at its last token, or any [R] scorer), and keeps the `beam` best; a beam that
+ended (a stop token) is kept as it is and competes with the new candidates. Rows keep one padded width every
+round, so the sampler compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+
+from rlreason.config import ModelConfig
+from rlreason.data.encoding import left_pad
+from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.tokenizers import Tokenizer
+
+# score(tokens [R, W], mask [R, W]) -> [R] float: how good each left-padded prompt + partial solution is.
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def step_beam_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompt_ids: list[int], score: Scorer,
+                     is_delimiter: np.ndarray, beam: int, expand: int, max_steps: int, max_step_tokens: int,
+                     sampling: SamplingParams, rng: jax.Array) -> list[int]:
+    """The best completion's token ids (up to and including its stop token, if it reached one) for one prompt.
+    `sampling.max_new_tokens` is ignored: `max_step_tokens` bounds each step."""
+    stop_ids = tuple(tokenizer.stop_ids)
+    step_stops = stop_ids + tuple(int(token) for token in np.flatnonzero(is_delimiter))
+    width = len(prompt_ids) + max_steps * max_step_tokens
+    step_sampling = SamplingParams(max_new_tokens=max_step_tokens, temperature=sampling.temperature,
+                                   top_k=sampling.top_k, top_p=sampling.top_p)
+    beams: list[tuple[list[int], bool, float]] = [([], False, 0.0)]  # (completion ids, finished, score)
+    for round_index in range(max_steps):
+        open_beams = [ids for ids, finished, _ in beams if not finished]
+        if not open_beams:
+            break
+        rows = [left_pad(prompt_ids + ids, width, tokenizer.pad_id) for ids in open_beams]
+        tokens, mask = (np.stack(column) for column in zip(*rows))
+        keys = jax.random.split(jax.random.fold_in(rng, round_index), len(open_beams))
+        rollout = generate_groups(params, tokens, mask, keys, cfg, step_sampling, expand, step_stops,
+                                  tokenizer.pad_id)
+        new_tokens, new_mask = np.asarray(rollout.tokens), np.asarray(rollout.completion_mask).astype(bool)
+        candidates = []
+        for row in range(len(open_beams) * expand):
+            step = new_tokens[row][new_mask[row]].tolist()
+            candidates.append((open_beams[row // expand] + step, bool(step) and step[-1] in stop_ids))
+        scored = [left_pad(prompt_ids + ids, width, tokenizer.pad_id) for ids, _ in candidates]
+        scores = score(*(np.stack(column) for column in zip(*scored)))
+        pool = [(ids, finished, float(value)) for (ids, finished), value in zip(candidates, scores)]
+        pool += [entry for entry in beams if entry[1]]
+        beams = sorted(pool, key=lambda entry: -entry[2])[:beam]  # stable: ties keep the batch order
+    return beams[0][0]
