@@ -4,7 +4,7 @@ Each round continues every unfinished beam `expand` times up to its next step en
 token, or `max_step_tokens` new tokens), in one batch through the compiled sampler, scores every candidate
 with `score` (a PRM's probability at its last token, or any [R] scorer), and keeps the `beam` best; a beam that
 ended (a stop token) is kept as it is and competes with the new candidates. Rows keep one padded width every
-round, so the sampler compiles once.
+round, so the sampler compiles once per count of open beams (at most `beam` programs).
 """
 
 from __future__ import annotations
