@@ -134,10 +134,13 @@ def test_reported_loss_follows_the_loss_type_normalisation(tiny_base_model, loss
     expected = {name: update_losses(name, advantages, lengths, width, 2) for name in ("grpo", "bnpo", "dr_grpo",
                                                                                       "dapo")}
     # The sampler's and the trainer's float32 log-probs differ by ~1e-6, so the ratio is 1 to ~1e-5.
-    np.testing.assert_allclose(history[0]["loss"], expected[loss_type], atol=1e-4)
+    tolerance = 1e-4
+    np.testing.assert_allclose(history[0]["loss"], expected[loss_type], atol=tolerance)
     assert abs(history[0]["ratio_mean"] - 1) < 1e-4
-    others = [abs(value - expected[loss_type]) for name, value in expected.items() if name != loss_type]
-    assert max(others) > 1e-2, "the samples should tell this normalisation from the others"
+    # Every other normalisation lies well outside that tolerance, so the match above singles this one out.
+    others = {name: abs(value - expected[loss_type]) for name, value in expected.items() if name != loss_type}
+    assert min(others.values()) > 5 * tolerance, ("the samples should tell this normalisation from the others",
+                                                  expected)
 
 
 def test_truncation_mask_zero_weight_groups_and_soft_overlong_in_the_step(tiny_base_model):
