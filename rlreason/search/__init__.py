@@ -1,2 +1,3 @@
-"""Process rewards and search over reasoning steps. So far: `steps`, the segmentation of completions into steps
-that step labels, process reward models and step-level search share."""
+"""Process rewards and search over reasoning steps: `steps` (the segmentation every other module shares),
+`step_labels` (Math-Shepherd Monte-Carlo labels), `prm` (a process reward model's head and loss), `beam`
+(step-level beam search)."""

@@ -9,6 +9,7 @@ round, so the sampler compiles once per count of open beams (at most `beam` prog
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -31,8 +32,7 @@ def step_beam_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompt_ids:
     stop_ids = tuple(tokenizer.stop_ids)
     step_stops = stop_ids + tuple(int(token) for token in np.flatnonzero(is_delimiter))
     width = len(prompt_ids) + max_steps * max_step_tokens
-    step_sampling = SamplingParams(max_new_tokens=max_step_tokens, temperature=sampling.temperature,
-                                   top_k=sampling.top_k, top_p=sampling.top_p)
+    step_sampling = dataclasses.replace(sampling, max_new_tokens=max_step_tokens)
     beams: list[tuple[list[int], bool, float]] = [([], False, 0.0)]  # (completion ids, finished, score)
     for round_index in range(max_steps):
         open_beams = [ids for ids, finished, _ in beams if not finished]
