@@ -425,7 +425,30 @@ class GRPOConfig:
 
 
 LogicalAxis = Literal["batch", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", "norm",
-                      "cache_batch", "cache_sequence"]
+                      "cache_batch", "cache_sequence", "lora_rank"]
+
+
+LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """LoRA / QLoRA for `rlreason train` (rlreason.models.lora): the policy is the frozen base plus low-rank
+    adapters on `targets`, and only the adapters train; the reference policy (grpo.beta > 0) is the base itself.
+    rank 0: full fine-tuning. base_quantization: the frozen base's projections in int8 or NF4 (QLoRA)."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    targets: tuple[LoraTarget, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    base_quantization: Literal["none", "int8", "nf4"] = "none"
+
+    def validate(self, path: str) -> None:
+        _require(self.rank >= 0, f"{path}.rank", f"must be >= 0 (0: full fine-tuning), got {self.rank}")
+        _require(self.alpha > 0, f"{path}.alpha", f"must be > 0, got {self.alpha}")
+        _require(len(self.targets) > 0 and len(set(self.targets)) == len(self.targets), f"{path}.targets",
+                 f"must name each adapted projection once, got {list(self.targets)}")
+        _require(self.base_quantization == "none" or self.rank > 0, f"{path}.base_quantization",
+                 f"quantizes the frozen base of LoRA: set {path}.rank > 0 (e.g. 16), or base_quantization: none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -603,6 +626,7 @@ class Config:
     star: STaRConfig = STaRConfig()
     distill: DistillConfig = DistillConfig()
     grpo: GRPOConfig = GRPOConfig()
+    lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
@@ -625,6 +649,9 @@ class Config:
         _require(self.grpo.overlong_buffer_length < self.sampling.max_completion_length, "grpo.overlong_buffer_length",
                  f"must be < sampling.max_completion_length ({self.sampling.max_completion_length}), got "
                  f"{self.grpo.overlong_buffer_length}")
+
+        _require(not (self.lora.rank and self.grpo.sync_ref_model), "grpo.sync_ref_model",
+                 "must be false with lora.rank > 0: the reference policy of a LoRA run is the frozen base itself")
 
     def _validate_eval_best_metric(self) -> None:
         """An evaluation metric as checkpoint.best_metric needs evaluations, at the steps checkpoints are saved."""
@@ -718,6 +745,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 # ----------------------------------------------------------------------------------------------
 
 
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config key '{key}' {message}")
@@ -778,6 +808,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be an integer, got {value!r} ({type(value).__name__})")
         return value
     if annotation is float:
+        if isinstance(value, str) and DECIMAL.fullmatch(value):
+            return float(value)  # YAML 1.1 (PyYAML) reads 3e-3, without a '.', as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r} ({type(value).__name__})")
         return float(value)

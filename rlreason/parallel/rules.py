@@ -14,6 +14,7 @@ layers, norm); batches and KV caches are named here. No other module names a mes
     head_dim         -                  split heads, not their width: rotary embeddings mix the halves
     layers           -                  the layer scan walks this axis; splitting it would be pipelining
     norm             -                  norm scales are tiny; replicated
+    lora_rank        -                  LoRA adapters' rank axis (a few to a few dozen): their other axes split
 
 A mesh axis is dropped from a dimension it does not divide, and the dimension is replicated over it instead:
 e.g. 2 KV heads on tensor=4 keeps every K/V head on every tensor device (as Megatron does for grouped-query
@@ -53,6 +54,7 @@ AXIS_RULES: Rules = types.MappingProxyType({
     "head_dim": (),
     "layers": (),
     "norm": (),
+    "lora_rank": (),
 })
 
 CACHE_AXES = ("layers", "cache_batch", "cache_sequence", "kv_heads", "head_dim")
@@ -98,15 +100,16 @@ def param_shardings(model_cfg: ModelConfig, mesh: Mesh, rules: Rules = AXIS_RULE
 
 
 def opt_state_shardings(optimizer: optax.GradientTransformation, model_cfg: ModelConfig, mesh: Mesh,
-                        rules: Rules = AXIS_RULES):
+                        rules: Rules = AXIS_RULES, trained=None):
     """Shardings of `optimizer`'s state: its parameter-shaped parts (e.g. Adam's moments) like the params,
-    the rest (step counts) replicated. Compiling `optimizer.init` without them replicates the whole state."""
-    abstract_params = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype),
-                                   param_specs(model_cfg), is_leaf=_is_param_spec)
+    the rest (step counts) replicated. Compiling `optimizer.init` without them replicates the whole state.
+    `trained`: the ParamSpec tree of what the optimizer trains (a LoRA run's adapters); None: the model's params."""
+    specs = param_specs(model_cfg) if trained is None else trained
+    abstract_params = jax.tree.map(lambda spec: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype), specs,
+                                   is_leaf=_is_param_spec)
     abstract_state = jax.eval_shape(optimizer.init, abstract_params)
     return optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_state,
-                                 param_shardings(model_cfg, mesh, rules),
-                                 transform_non_params=lambda _: replicated(mesh))
+                                 spec_shardings(specs, mesh, rules), transform_non_params=lambda _: replicated(mesh))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = AXIS_RULES) -> NamedSharding:

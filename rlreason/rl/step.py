@@ -32,7 +32,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from rlreason.config import GRPOConfig, ModelConfig
+from rlreason.config import GRPOConfig, LoraConfig, ModelConfig
+from rlreason.models.lora import with_adapters
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.parallel.host_data import gather_rows
 from rlreason.rl.advantages import Advantages, compute_advantages
@@ -61,23 +62,32 @@ def merge_rows(x: jax.Array) -> jax.Array:
 @struct.dataclass
 class TrainState:
     step: jax.Array  # int32 scalar: completed optimizer steps of the run
-    params: Any
+    params: Any  # what the optimizer trains: the model's params, or a LoRA run's adapters
     opt_state: Any
-    ref_params: Any  # None when beta == 0: no reference model is kept
+    ref_params: Any  # None when beta == 0 or with LoRA (whose reference is `base`): no copy is kept
     rng: jax.Array  # key for the next step's sampling
+    base: Any = None  # a LoRA run's frozen (maybe quantized) base model; None: full fine-tuning. Never saved.
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array, keep_reference: bool,
-                     shardings: TrainState | None = None) -> TrainState:
+                     shardings: TrainState | None = None, base=None) -> TrainState:
     """A fresh state, built by one compiled function so that every array is created where `shardings` says
-    (a TrainState of NamedShardings; None: the default device)."""
+    (a TrainState of NamedShardings; None: the default device). With a LoRA `base`, `params` are its adapters and
+    no reference copy is made: the base is the reference."""
 
-    def build(params, rng):
-        reference = jax.tree.map(lambda leaf: leaf + jnp.zeros_like(leaf), params) if keep_reference else None
+    def build(params, rng, base):
+        reference = (jax.tree.map(lambda leaf: leaf + jnp.zeros_like(leaf), params)
+                     if keep_reference and base is None else None)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                          ref_params=reference, rng=rng)
+                          ref_params=reference, rng=rng, base=base)
 
-    return jax.jit(build, out_shardings=shardings)(params, rng)
+    return jax.jit(build, out_shardings=shardings)(params, rng, base)
+
+
+def model_params(params, base, lora: LoraConfig):
+    """The weights the model runs with: `params`, or (a LoRA run, `base` given) the base with `params` as its
+    adapters."""
+    return params if base is None else with_adapters(base, params, lora)
 
 
 class Learned(NamedTuple):
@@ -116,6 +126,7 @@ class GRPOFunctions:
     step: Callable  # (state, batch) -> (state, metrics, Samples)
     groups_with_spread: Callable  # rewards [B, K] -> [P] bool: the group's rewards are not all equal
     select_groups: Callable  # ([Rollout], [rewards [B, K]], chosen [P, 2] (draw, group)) -> (Rollout, rewards)
+    policy: Callable  # state -> the params the policy runs with (rollout's first argument)
 
 
 def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
@@ -123,13 +134,16 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         pad_id: int, reward_names: tuple[str, ...], accuracy_reward: str,
                         learning_rate_fn: Callable[[jax.Array], jax.Array],
                         row_sharding: Callable[[Any], Any] = lambda rows: rows,
-                        state_sharding: Callable[[TrainState], TrainState] = lambda state: state) -> GRPOFunctions:
+                        state_sharding: Callable[[TrainState], TrainState] = lambda state: state,
+                        lora: LoraConfig = LoraConfig()) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
+
 
     `reward_names` names the scorer's columns: grpo.rewards in order, then the metric-only functions that the
     accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
     the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
-    defaults leave placement to the compiler.
+    defaults leave placement to the compiler. `lora`: how a LoRA run's adapters (state.params) apply to its base
+    (state.base); unused in full fine-tuning.
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
@@ -144,6 +158,13 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     correction = OFF_POLICY_CORRECTIONS[grpo.off_policy_correction]
     off_policy_settings = OffPolicySettings(grpo.off_policy_cap, grpo.off_policy_mask_low, grpo.off_policy_mask_high)
     forward_chunks = grpo.num_minibatches * grpo.gradient_accumulation_steps  # rows per forward = a micro-batch
+
+    def policy(state: TrainState):
+        return model_params(state.params, state.base, lora)
+
+    def reference(state: TrainState):
+        """LoRA's reference is the base with the adapters off; full fine-tuning keeps a copy."""
+        return state.ref_params if state.base is None else state.base
 
     def rollout(params, batch, rng) -> Rollout:
         return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, sampler_cfg,
@@ -160,9 +181,9 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             tuple(split_rows(x, forward_chunks) for x in (roll.prompt_tokens, roll.prompt_mask, roll.tokens)))
         return jax.lax.stop_gradient(merge_rows(logprobs)), jax.lax.stop_gradient(merge_rows(entropy))
 
-    def micro_batch_loss(params, rows, denominator):
+    def micro_batch_loss(params, base, rows, denominator):
         """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
-        logprobs, entropy = completion_logprobs(params, rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
+        logprobs, entropy = completion_logprobs(model_params(params, base, lora), rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
                                                 model_cfg, temperature, with_entropy=True)
         mask = rows["loss_mask"]
         terms = token_loss(logprobs, entropy, rows["old_logprobs"], rows.get("ref_logprobs"), rows["advantages"],
@@ -186,8 +207,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         micro_batches = jax.tree.map(lambda x: split_rows(x, grpo.gradient_accumulation_steps), rows)
 
         def accumulate(grads_sum, micro_rows):
-            grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, row_sharding(micro_rows),
-                                                                    denominator)
+            grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, state.base,
+                                                                    row_sharding(micro_rows), denominator)
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
         grads, micro = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
@@ -231,7 +252,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         # pi_old: the sampler's log-probs, or the trainer's recomputed ones with the off-policy correction.
         old_logprobs, is_weights = roll.logprobs, jnp.ones_like(loss_mask)
         if grpo.recompute_old_logprobs:
-            old_logprobs, old_entropy = batch_logprobs(state.params, roll)
+            old_logprobs, old_entropy = batch_logprobs(policy(state), roll)
             metrics.update(mismatch_metrics(old_logprobs, roll.logprobs, loss_mask))
             is_weights, keep = correction(old_logprobs, roll.logprobs, loss_mask, off_policy_settings)
             metrics["off_policy/is_weight_mean"] = jnp.sum(is_weights * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1)
@@ -246,7 +267,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                 "old_logprobs": old_logprobs, "advantages": advantages.advantages, "loss_mask": loss_mask,
                 "is_weights": is_weights}
         if grpo.beta > 0:
-            rows["ref_logprobs"] = batch_logprobs(state.ref_params, roll)[0]
+            rows["ref_logprobs"] = batch_logprobs(reference(state), roll)[0]
         generation_tokens = jnp.sum(loss_mask)
         minibatches = jax.tree.map(lambda x: split_rows(x, grpo.num_minibatches), rows)
         params_before = state.params
@@ -322,16 +343,16 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return row_sharding(jax.tree.map(pick, *rolls)), row_sharding(pick(*scores))
 
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
-                         step=chain_phases(rollout, score, learn, group_size),
-                         groups_with_spread=groups_with_spread, select_groups=select_groups)
+                         step=chain_phases(rollout, score, learn, group_size, policy),
+                         groups_with_spread=groups_with_spread, select_groups=select_groups, policy=policy)
 
 
-def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int) -> Callable:
+def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int, policy: Callable) -> Callable:
     """The step as rollout -> score -> learn; the phases may be plain or separately compiled functions."""
 
     def step(state: TrainState, batch):
         rng, sample_rng = jax.random.split(state.rng)
-        roll = rollout(state.params, batch, sample_rng)
+        roll = rollout(policy(state), batch, sample_rng)
         rewards_per_function = score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0))
         state, metrics, advantages = learn(state.replace(rng=rng), roll, rewards_per_function)
         return state, metrics, Samples(roll, rewards_per_function, advantages)
@@ -348,7 +369,7 @@ class Refill(NamedTuple):
 
 
 def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_with_spread: Callable,
-                  select_groups: Callable, group_size: int, refill: Refill) -> Callable:
+                  select_groups: Callable, group_size: int, refill: Refill, policy: Callable) -> Callable:
     """The step with DAPO's dynamic sampling: sample and score a batch, drop the groups whose rewards are all equal,
     and sample more batches until P groups with a spread are in hand or `refill.max_draws` batches were drawn;
     then learn on those P groups (if the cap is hit, the batch is topped up with dropped groups, which get zero
@@ -365,7 +386,7 @@ def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_wi
         prompts = batch["prompt_tokens"].shape[0]
         while True:
             draw = len(rolls)
-            roll = rollout(state.params, batch, jax.random.fold_in(sample_rng, draw))
+            roll = rollout(policy(state), batch, jax.random.fold_in(sample_rng, draw))
             rolls.append(roll)
             scores.append(score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0)))
             spread = np.asarray(gather_rows(groups_with_spread(scores[-1])))
@@ -395,8 +416,8 @@ def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool, re
     if refill is not None:
         return refill_phases(jax.jit(functions.rollout), jax.jit(functions.score),
                              jax.jit(functions.learn, donate_argnums=0), jax.jit(functions.groups_with_spread),
-                             jax.jit(functions.select_groups), group_size, refill)
+                             jax.jit(functions.select_groups), group_size, refill, functions.policy)
     if not split_step:
         return jax.jit(functions.step, donate_argnums=0)
     return chain_phases(jax.jit(functions.rollout), jax.jit(functions.score),
-                        jax.jit(functions.learn, donate_argnums=0), group_size)
+                        jax.jit(functions.learn, donate_argnums=0), group_size, functions.policy)

@@ -88,7 +88,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
             learn = jax.jit(trainer.functions.learn, donate_argnums=0)
             for index, batch in enumerate(batches):
                 rng, sample_rng = jax.random.split(state.rng)
-                roll, rollout_s = _timed(rollout, state.params, batch, sample_rng)
+                roll, rollout_s = _timed(rollout, trainer.functions.policy(state), batch, sample_rng)
                 golds = jax.numpy.repeat(batch["gold_bytes"], cfg.grpo.num_generations, axis=0)
                 rewards, score_s = _timed(score, roll, golds)
                 (state, *_), learn_s = _timed(learn, state.replace(rng=rng), roll, rewards)

@@ -2,7 +2,8 @@
 and a checkpoint that cannot be read passed over for the one before it.
 
 `checkpoint.dir` (default <train.out_dir>/checkpoints) holds, per saved step:
-    <step>/state/    the TrainState: step, params, opt_state, ref_params (grpo.beta > 0), rng as raw key data
+    <step>/state/    the TrainState: step, params, opt_state, ref_params (grpo.beta > 0), rng as raw key data; a LoRA
+                     run's params are its adapters, and its frozen base is not saved (it is train.model_dir's)
     <step>/data/     each process's position in its data stream (grain: one JSON file per process)
     <step>/config/   the run's resolved config as JSON
 and `<step>.unreadable-<time>/` for a checkpoint that failed to restore when an older one did restore: it is
@@ -64,14 +65,15 @@ def checkpoint_dir(cfg: Config) -> epath.Path:
 
 
 def storable(state: TrainState) -> TrainState:
-    """The state as orbax writes it: the typed RNG key as its raw uint32 key data."""
-    return state.replace(rng=jax.random.key_data(state.rng))
+    """The state as orbax writes it: the typed RNG key as its raw uint32 key data, without a LoRA run's base."""
+    return state.replace(rng=jax.random.key_data(state.rng), base=None)
 
 
 def abstract_storable(state: TrainState) -> TrainState:
     """Abstract arrays (jax.ShapeDtypeStruct with sharding) of `storable(state)`; `state` may be abstract."""
     key_data = jax.eval_shape(jax.random.key_data, state.rng)
-    abstract = state.replace(rng=jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=state.rng.sharding))
+    abstract = state.replace(rng=jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=state.rng.sharding),
+                             base=None)
     return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), abstract)
 
 
@@ -225,7 +227,8 @@ class RunCheckpoints:
 
     def restore(self, abstract_state: TrainState, batches: RowBatches) -> Restored:
         """The newest checkpoint that every process can restore, into arrays laid out like `abstract_state`
-        (jax.ShapeDtypeStruct leaves with shardings), and `batches` moved to its position. Newer checkpoints that
+        (jax.ShapeDtypeStruct leaves with shardings; a LoRA run's base is taken from it as it is), and `batches`
+        moved to its position. Newer checkpoints that
         fail are moved aside with a warning; when none restores, raises CheckpointError and moves nothing."""
         # Before the first attempt: the aftermath of a failure begins before its error reaches this frame.
         _quiet_the_aftermath_of_failed_restores()
@@ -248,7 +251,7 @@ class RunCheckpoints:
                 logger.warning("resuming from %s with settings changed since it was saved: %s", self.path(step),
                                "; ".join(changes))
             self.last_step = step
-            return Restored(from_storable(restored.state), step)
+            return Restored(from_storable(restored.state).replace(base=abstract_state.base), step)
         listing = "\n".join(f"  {self.path(step)}: {problem}" for step, problem in failures)
         raise CheckpointError(f"no checkpoint in {str(self.directory)!r} can be restored (nothing was moved or "
                               f"deleted):\n{listing}\nResume with the settings the checkpoints were saved with "

@@ -58,9 +58,9 @@ def run_demo(cfg: Config, out_dir: str | Path, show_progress: bool = True, contr
         run_cfg = dataclasses.replace(
             cfg, grpo=dataclasses.replace(cfg.grpo, reward_control=reward_control),
             train=dataclasses.replace(cfg.train, model_dir=str(base_dir), out_dir=str(out_dir / label)))
-        state, _, _ = train(run_cfg, show_progress)
+        state, trainer, _ = train(run_cfg, show_progress)
         seconds[f"grpo_{label}"] = time.perf_counter() - begin
-        return evaluated(label, state.params)
+        return evaluated(label, trainer.functions.policy(state))
 
     evaluations, runs = {}, {"GRPO": out_dir / "grpo"}
     evaluations["base"], base_rows = evaluated("base", params)

@@ -46,7 +46,10 @@ from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.mesh import make_mesh
-from rlreason.parallel.rules import axis_rules, opt_state_shardings, param_shardings, replicated, rows_sharding
+from rlreason.models.lora import (adapter_specs, base_specs, check_quantizable, init_adapters, merge_adapters,
+                                  quantize_base)
+from rlreason.parallel.rules import (axis_rules, opt_state_shardings, param_shardings, replicated, rows_sharding,
+                                     spec_shardings)
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.progress import progress_bar
 from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
@@ -128,6 +131,56 @@ def abstract_on(shapes, layout):
                         shapes, layout)
 
 
+def full_state(cfg: Config, model_cfg: ModelConfig, optimizer, mesh: Mesh, rules, abstract_state: bool):
+    """(the TrainState's layout, the initial state) of full fine-tuning: every weight trains, and grpo.beta > 0
+    keeps a reference copy. `abstract_state`: the state's leaves are shapes only (see build_trainer)."""
+    parameter_layout = param_shardings(model_cfg, mesh, rules)
+    layout = TrainState(step=replicated(mesh), params=parameter_layout,
+                        opt_state=opt_state_shardings(optimizer, model_cfg, mesh, rules),
+                        ref_params=parameter_layout if cfg.grpo.beta > 0 else None, rng=replicated(mesh))
+    initial = functools.partial(init_train_state, optimizer=optimizer, keep_reference=cfg.grpo.beta > 0)
+    rng = jax.random.key(cfg.train.seed)
+    if abstract_state:
+        return layout, abstract_on(jax.eval_shape(lambda rng: initial(init_params(model_cfg, rng), rng=rng), rng),
+                                   layout)
+    return layout, initial(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=layout)
+
+
+def lora_state(cfg: Config, model_cfg: ModelConfig, optimizer, mesh: Mesh, rules, abstract_state: bool):
+    """(the TrainState's layout, the initial state) of LoRA (rlreason.models.lora): the params are fresh adapters
+    (from key(train.seed) folded with 1), the base is the starting model with its projections quantized per
+    lora.base_quantization. The base is read even when the state is abstract: checkpoints do not hold it."""
+    lora = cfg.lora
+    check_quantizable(model_cfg, lora)
+    adapters = adapter_specs(model_cfg, lora)
+    adapter_layout, base_layout = spec_shardings(adapters, mesh, rules), spec_shardings(base_specs(model_cfg, lora),
+                                                                                         mesh, rules)
+    layout = TrainState(step=replicated(mesh), params=adapter_layout,
+                        opt_state=opt_state_shardings(optimizer, model_cfg, mesh, rules, trained=adapters),
+                        ref_params=None, rng=replicated(mesh), base=base_layout)
+    base = jax.jit(functools.partial(quantize_base, lora=lora), out_shardings=base_layout)(
+        initial_params(cfg, model_cfg, param_shardings(model_cfg, mesh, rules)))
+    initial = functools.partial(init_train_state, optimizer=optimizer, keep_reference=False)
+    rng = jax.random.key(cfg.train.seed)
+    fresh_adapters = functools.partial(init_adapters, model_cfg, lora)
+    if abstract_state:
+        shapes = jax.eval_shape(lambda rng: initial(fresh_adapters(rng), rng=rng), rng)
+        return layout, abstract_on(shapes, layout.replace(base=None)).replace(base=base)
+    params = jax.jit(fresh_adapters, out_shardings=adapter_layout)(jax.random.fold_in(rng, 1))
+    # The base is attached after the jitted init, not passed through it, which would copy it.
+    return layout, initial(params, rng=rng, shardings=layout.replace(base=None)).replace(base=base)
+
+
+def final_params(trainer: Trainer, state: TrainState):
+    """The trained policy as plain params for the run's model directory: a LoRA run's adapters merged into its
+    (dequantized) base, in the parameter dtype."""
+    if state.base is None:
+        return state.params
+    merge = functools.partial(merge_adapters, dtype=jax.numpy.dtype(trainer.model_cfg.param_dtype))
+    layout = param_shardings(trainer.model_cfg, trainer.mesh, axis_rules(trainer.cfg.mesh))
+    return jax.jit(merge, out_shardings=layout)(trainer.functions.policy(state))
+
+
 def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     """Builds the run, checking its inputs before weights are read or anything compiles.
 
@@ -143,17 +196,8 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     grpo = cfg.grpo
     updates = cfg.train.steps * grpo.num_iterations * grpo.num_minibatches
     optimizer, schedule = make_optimizer(grpo.optim, updates)
-    parameter_layout = param_shardings(model_cfg, mesh, rules)
-    state_layout = TrainState(step=replicated(mesh), params=parameter_layout,
-                              opt_state=opt_state_shardings(optimizer, model_cfg, mesh, rules),
-                              ref_params=parameter_layout if grpo.beta > 0 else None, rng=replicated(mesh))
-    initial_state = functools.partial(init_train_state, optimizer=optimizer, keep_reference=grpo.beta > 0)
-    rng = jax.random.key(cfg.train.seed)
-    if abstract_state:
-        state = abstract_on(jax.eval_shape(lambda rng: initial_state(init_params(model_cfg, rng), rng=rng), rng),
-                            state_layout)
-    else:
-        state = initial_state(initial_params(cfg, model_cfg, parameter_layout), rng=rng, shardings=state_layout)
+    state_layout, state = (lora_state if cfg.lora.rank else full_state)(cfg, model_cfg, optimizer, mesh, rules,
+                                                                         abstract_state)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
         lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
     # Scored after the rewards, for the strict / lenient accuracy metrics only (weight 0, never in the reward).
@@ -167,7 +211,7 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, row_sharding=rows_layout,
-        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout))
+        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora)
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
     batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
@@ -396,7 +440,7 @@ def train(cfg: Config, show_progress: bool = True):
                 metrics.update(step=step, step_time_s=elapsed, tokens_per_s=metrics["completion_tokens"] / elapsed,
                                mfu=step_model_flops(cfg, trainer.model_cfg, batch, metrics) / elapsed / peak_flops)
                 metrics["data/skipped_rows"] = trainer.skipped_rows
-                metrics.update(evaluation_if_due(cfg, step, evaluator, state.params, out_dir))
+                metrics.update(evaluation_if_due(cfg, step, evaluator, trainer.functions.policy(state), out_dir))
                 history.append(metrics)
                 log.write_metrics(metrics)
                 if cfg.train.sample_every and (index % cfg.train.sample_every == 0 or step == cfg.train.steps):
@@ -407,5 +451,5 @@ def train(cfg: Config, show_progress: bool = True):
                 nonfinite_streak = end_step(cfg, step, metrics, state, trainer.batches, checkpoints, stop_signals,
                                             nonfinite_streak)
         # Inside the signal handling: a stop signal now changes nothing (the last step is saved), so it waits.
-        save_model(out_dir / "model", state.params, trainer.model_cfg, trainer.tokenizer)
+        save_model(out_dir / "model", final_params(trainer, state), trainer.model_cfg, trainer.tokenizer)
     return state, trainer, history
