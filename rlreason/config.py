@@ -171,15 +171,44 @@ class TaskConfig:
                  f"must be >= {path}.min_digits ({self.min_digits}) and both >= 1, got {self.max_digits}")
 
 
+# The tools of rlreason.sampling.tools.TOOLS; tests/sampling/test_tools.py checks that the two agree.
+ToolName = Literal["calc", "python"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolsConfig:
+    """Tools the policy may call while it samples (rlreason.sampling.tools, docs/tools.md): a completion that
+    writes <tag>argument</tag> for an enabled tool gets the tool's result inserted as <result>...</result>
+    tokens, which the loss masks out. No tool enabled: the sampler is the plain one."""
+
+    enabled: tuple[ToolName, ...] = ()
+    max_calls: int = 4  # tool calls per completion; a later call is left unanswered
+    max_observation_tokens: int = 32  # tokens of one inserted <result>...</result>; a longer result is cut
+    timeout_s: float = 5.0  # wall-clock limit of one tool call (the python tool's sandbox)
+
+    def validate(self, path: str) -> None:
+        _require(len(set(self.enabled)) == len(self.enabled), f"{path}.enabled",
+                 f"must name each tool once, got {list(self.enabled)}")
+        _require(self.max_calls >= 1, f"{path}.max_calls", f"must be >= 1, got {self.max_calls}")
+        _require(self.max_observation_tokens >= 1, f"{path}.max_observation_tokens",
+                 f"must be >= 1, got {self.max_observation_tokens}")
+        _require(self.timeout_s > 0, f"{path}.timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0  # 0 means greedy
     top_k: int = 0  # 0 disables
     top_p: float = 1.0
     max_prompt_length: int = 32
-    max_completion_length: int = 64
+    max_completion_length: int = 64  # with tools: the policy's tokens and the inserted results together
+    tools: ToolsConfig = ToolsConfig()
 
     def validate(self, path: str) -> None:
+        _require(not self.tools.enabled or self.tools.max_observation_tokens < self.max_completion_length,
+                 f"{path}.tools.max_observation_tokens",
+                 f"must be < {path}.max_completion_length ({self.max_completion_length}), which also holds the "
+                 f"call, got {self.tools.max_observation_tokens}")
         _require(self.temperature >= 0, f"{path}.temperature", f"must be >= 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, f"{path}.top_p", f"must be in (0, 1], got {self.top_p}")
         _require(self.top_k >= 0, f"{path}.top_k", f"must be >= 0, got {self.top_k}")

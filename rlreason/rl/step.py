@@ -42,6 +42,7 @@ from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
 from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
 from rlreason.rl.shaping import soft_overlong_penalty
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
+from rlreason.sampling.tools import ToolTurns, tool_metrics
 from rlreason.verifiers.combine import combine_rewards, reward_metrics
 from rlreason.verifiers.lenient import verdicts
 
@@ -133,11 +134,14 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         optimizer: optax.GradientTransformation, scorer: Scorer, stop_ids: tuple[int, ...],
                         pad_id: int, reward_names: tuple[str, ...], accuracy_reward: str,
                         learning_rate_fn: Callable[[jax.Array], jax.Array],
+                        tools: ToolTurns | None = None,
                         row_sharding: Callable[[Any], Any] = lambda rows: rows,
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state,
                         lora: LoraConfig = LoraConfig()) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
 
+    `tools`: the run's tool turns (rlreason.sampling.tools; None: none). The rollout then holds the tools'
+    results, which no loss, ratio or entropy figure counts: the policy did not sample them.
 
     `reward_names` names the scorer's columns: grpo.rewards in order, then the metric-only functions that the
     accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
@@ -168,7 +172,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
     def rollout(params, batch, rng) -> Rollout:
         return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, sampler_cfg,
-                                            sampling, group_size, stop_ids, pad_id))
+                                            sampling, group_size, stop_ids, pad_id, tools))
 
     def score(roll: Rollout, gold_bytes) -> jax.Array:
         return scorer(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, gold_bytes)
@@ -242,8 +246,10 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         advantages = compute_advantages(rewards, shaped, weights, group_size, grpo.advantage_estimator,
                                         grpo.scale_rewards, grpo.normalize_rewards_per_function)
 
-        # Which tokens count: the completion, less truncated completions and zero-weight groups.
+        # Which tokens count: the completion, less tool results, truncated completions and zero-weight groups.
         loss_mask = roll.completion_mask.astype(jnp.float32)
+        if tools is not None:
+            loss_mask = loss_mask * (1 - roll.observation_mask)
         if grpo.mask_truncated_completions:
             loss_mask = loss_mask * (~roll.truncated)[:, None]
         if grpo.dynamic_sampling != "none":  # refill: groups topped up after max_sampling_draws
@@ -286,6 +292,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                 state.params, state.ref_params))
         state = state_sharding(state)
         metrics.update(step_metrics(roll, rewards_per_function, rewards, advantages, loss_mask, learned))
+        if tools is not None:
+            metrics.update(tool_metrics(roll.observation_mask, roll.completion_mask))
         metrics["learning_rate"] = learning_rate_fn(state.step * grpo.num_iterations * grpo.num_minibatches - 1)
         metrics["l2_params"] = optax.global_norm(state.params)
         # The whole step's change (every update of every iteration), not one update's.

@@ -2,7 +2,8 @@
 
 Prompts are LEFT-padded: every row's last prompt token sits in the same slot, so one decode step writes
 one cache column for the whole batch. Rotary positions count only real tokens, so a padded row sees the
-same positions as it would alone.
+same positions as it would alone. With tool turns (rlreason.sampling.tools) a row may spend decode iterations on
+inserted observation tokens instead of sampled ones; every row still writes one slot per iteration.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
 from rlreason.models.transformer import KVCache, Params, forward, forward_hidden, init_cache, positions_from_mask, unembed
+from rlreason.sampling.tools import ToolTurns, force_observations, initial_turns, queue_observations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,9 @@ class Rollout(NamedTuple):
 
     prompt_tokens, prompt_mask: [B, Tp] left-padded prompts. tokens: [B, Tc] completions (pad after the stop
     token). logprobs: [B, Tc] log-probs of the sampled tokens under softmax(logits / temperature), 0 outside
-    the mask. completion_mask: [B, Tc] 1 up to and including the first stop token. truncated: [B] True where
-    no stop token came within Tc tokens.
+    the mask and at observations. completion_mask: [B, Tc] 1 up to and including the first stop token
+    (observations included). truncated: [B] True where no stop token came within Tc tokens.
+    observation_mask: [B, Tc] 1 at the tool results inserted into the completion (all 0 without tools).
     """
 
     prompt_tokens: jax.Array
@@ -49,6 +52,7 @@ class Rollout(NamedTuple):
     logprobs: jax.Array
     completion_mask: jax.Array
     truncated: jax.Array
+    observation_mask: jax.Array
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -119,9 +123,9 @@ def row_keys(prompt_keys: jax.Array, group_size: int) -> jax.Array:
 
 def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, stop_tokens: jax.Array,
              rng: jax.Array, cfg: ModelConfig, sampling: SamplingParams, pad_id: int = 0,
-             group_size: int = 1) -> Rollout:
+             group_size: int = 1, tools: ToolTurns | None = None) -> Rollout:
     """Samples `group_size` completions of each left-padded prompt: a Rollout of P * group_size rows, groups
-    contiguous. Jit-able; `cfg`, `sampling`, `pad_id`, `group_size` static.
+    contiguous. Jit-able; `cfg`, `sampling`, `pad_id`, `group_size`, `tools` static.
 
     prompt_tokens, prompt_mask: [P, Tp] (every row holds at least one real token). stop_tokens: [P * group_size,
     N] int32, the tokens that end each row (pad unused entries with -1). `rng`: one key for the batch, or a key
@@ -131,6 +135,9 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     Each prompt is prefilled once, not once per completion: its cache entries and its last position's logits
     are then repeated for the group, which saves (G - 1) / G of the prefill. Only the last prompt position is
     unembedded.
+
+    `tools`: the run's tool turns; a call the policy closes gets its result's tokens inserted after it (they
+    count against max_new_tokens, carry log-prob 0 and are marked in `observation_mask`). None: no tools.
     """
     prompts, prompt_length = prompt_tokens.shape
     max_new = sampling.max_new_tokens
@@ -148,20 +155,30 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     keys = row_keys(rng, group_size) if rng.ndim else rng
     step_keys = jax.vmap(jax.random.fold_in, (0, None)) if rng.ndim else jax.random.fold_in
 
+    closing = None if tools is None else tools.closing_table(cfg.vocab_size)
+
     def emit(state, index, logits):
-        """Samples token `index` from `logits` [B, V] and records it."""
-        tokens, logprobs, mask, done = state
+        """Samples token `index` from `logits` [B, V] (or inserts a queued observation token) and records it."""
+        tokens, logprobs, mask, done, turns = state
         token = sample_token(logits, step_keys(keys, index), sampling)
         alive = ~done
+        policy_token = alive
+        if turns is not None:
+            token, forced = force_observations(turns, token)
+            policy_token = alive & ~forced
         token = jnp.where(alive, token, pad_id)
         tokens = tokens.at[:, index].set(token)
-        logprobs = logprobs.at[:, index].set(jnp.where(alive, logprobs_of(logits, token, temperature), 0.0))
+        logprobs = logprobs.at[:, index].set(jnp.where(policy_token, logprobs_of(logits, token, temperature), 0.0))
         mask = mask.at[:, index].set(alive)
-        done = done | jnp.any(token[:, None] == stop_tokens, axis=1)
-        return (tokens, logprobs, mask, done), token
+        # An observation never ends its row, whatever tokens it holds.
+        done = done | (policy_token & jnp.any(token[:, None] == stop_tokens, axis=1))
+        if turns is not None:
+            turns = queue_observations(turns, tools, closing, tokens, index, alive & forced, policy_token & ~done)
+        return (tokens, logprobs, mask, done, turns), token
 
     initial = (jnp.full((batch, max_new), pad_id, jnp.int32), jnp.zeros((batch, max_new), jnp.float32),
-               jnp.zeros((batch, max_new), bool), jnp.zeros((batch,), bool))
+               jnp.zeros((batch, max_new), bool), jnp.zeros((batch,), bool),
+               None if tools is None else initial_turns(batch, max_new, tools))
     record, last_token = emit(initial, 0, per_row(first_logits))
 
     def keep_going(loop):
@@ -178,14 +195,17 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
         return index + 1, cache, key_valid, token, record
 
     _, _, _, _, record = jax.lax.while_loop(keep_going, decode_one, (jnp.int32(1), cache, key_valid, last_token, record))
-    tokens, logprobs, mask, done = record
-    return Rollout(prompt_tokens, prompt_mask, tokens, logprobs, mask.astype(jnp.int32), ~done)
+    tokens, logprobs, mask, done, turns = record
+    observation_mask = jnp.zeros_like(mask) if turns is None else turns.observation_mask
+    return Rollout(prompt_tokens, prompt_mask, tokens, logprobs, mask.astype(jnp.int32), ~done,
+                   observation_mask.astype(jnp.int32))
 
 
 def generate_groups(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, rng: jax.Array,
                     cfg: ModelConfig, sampling: SamplingParams, group_size: int, stop_ids: tuple[int, ...],
-                    pad_id: int) -> Rollout:
-    """`group_size` completions of each of P prompts: a Rollout of P * group_size rows, groups contiguous."""
+                    pad_id: int, tools: ToolTurns | None = None) -> Rollout:
+    """`group_size` completions of each of P prompts: a Rollout of P * group_size rows, groups contiguous; `tools`
+    as in `generate`."""
     stop_tokens = jnp.broadcast_to(jnp.asarray(stop_ids, jnp.int32),
                                    (prompt_tokens.shape[0] * group_size, len(stop_ids)))
-    return generate(params, prompt_tokens, prompt_mask, stop_tokens, rng, cfg, sampling, pad_id, group_size)
+    return generate(params, prompt_tokens, prompt_mask, stop_tokens, rng, cfg, sampling, pad_id, group_size, tools)

@@ -55,6 +55,7 @@ from rlreason.progress import progress_bar
 from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
                               make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
+from rlreason.sampling.tools import make_tool_turns
 from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
 from rlreason.train.checkpoint import CheckpointError, RunCheckpoints, checkpoint_dir
@@ -210,7 +211,7 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
                     raise_pool_errors=False),
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
-        learning_rate_fn=schedule, row_sharding=rows_layout,
+        learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer), row_sharding=rows_layout,
         state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora)
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
