@@ -187,8 +187,9 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
     def micro_batch_loss(params, base, rows, denominator):
         """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
-        logprobs, entropy = completion_logprobs(model_params(params, base, lora), rows["prompt_tokens"], rows["prompt_mask"], rows["tokens"],
-                                                model_cfg, temperature, with_entropy=True)
+        logprobs, entropy = completion_logprobs(model_params(params, base, lora), rows["prompt_tokens"],
+                                                rows["prompt_mask"], rows["tokens"], model_cfg, temperature,
+                                                with_entropy=True)
         mask = rows["loss_mask"]
         terms = token_loss(logprobs, entropy, rows["old_logprobs"], rows.get("ref_logprobs"), rows["advantages"],
                            rows["is_weights"], mask)

@@ -7,10 +7,10 @@ The process simulates that many CPU devices. For each mesh (prefix "DxFxT") it b
 with the mesh.* keys set, feeds prompt batches through `Trainer.prompt_batch` as `rlreason train` does, and
 records per step k (1..STEPS): every metric (metric/NAME/k), the sampled tokens, completion masks, log-probs
 and per-function rewards (samples/KEY/k), and the params (params/LEAF/k, with k=0 the loaded ones). After the
-last step: the PartitionSpec of every params, ref_params and optimizer-state leaf of the state (spec/...), and
-the most bytes one device holds for the params and for the optimizer state. With 8 devices it also records the
-error `build_trainer` raises for a batch of 6 prompts on the 8x1x1 mesh. The pytest side compares; this
-script only computes.
+last step: the PartitionSpec of every params, ref_params, optimizer-state and (LoRA) base leaf of the state
+(spec/...), and the most bytes one device holds for the params and for the optimizer state. With 8 devices it
+also records the error `build_trainer` raises for a batch of 6 prompts on the 8x1x1 mesh. The pytest side
+compares; this script only computes.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def run_mesh(mesh: str) -> dict[str, np.ndarray]:
                         f"samples/logprobs/{step}": np.asarray(roll.logprobs),
                         f"samples/rewards/{step}": np.asarray(samples.rewards)})
         results.update({f"params/{name}/{step}": np.asarray(leaf) for name, leaf in leaves(state.params)})
-    for part in ("params", "ref_params", "opt_state"):
+    for part in ("params", "ref_params", "opt_state", "base"):
         results.update({f"spec/{part}{name}": np.array(spec_json(leaf)) for name, leaf in leaves(getattr(state, part))})
     results["bytes_per_device/params"] = np.int64(max_device_bytes(state.params))
     results["bytes_per_device/opt_state"] = np.int64(max_device_bytes(state.opt_state))
