@@ -82,7 +82,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
                     bar.set_postfix(step_s=f"{seconds:.2f}")
                 prompt_width = batches[0]["prompt_tokens"].shape[1]
                 state_bytes = {"params": max_device_bytes(state.params), "opt_state": max_device_bytes(state.opt_state),
-                               "params_total": _tree_bytes(state.params), "opt_state_total": _tree_bytes(state.opt_state)}
+                               "params_total": _tree_bytes(state.params), "opt_state_total": _tree_bytes(state.opt_state),
+                               "base": max_device_bytes(state.base) if state.base is not None else 0}
                 continue
             rollout, score = jax.jit(trainer.functions.rollout), jax.jit(trainer.functions.score)
             learn = jax.jit(trainer.functions.learn, donate_argnums=0)
@@ -100,7 +101,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
     median = {key: statistics.median(values) for key, values in figures.items()}
     rows = cfg.train.batch_size * cfg.grpo.num_generations
     flops = grpo_step_flops(trainer.model_cfg, rows, prompt_width, round(median["decoded"]), cfg.grpo.beta > 0,
-                            cfg.grpo.num_iterations)
+                            cfg.grpo.num_iterations, weight_gradients=not cfg.lora.rank)
     peak = run_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
     memory, memory_source = peak_memory_bytes()
     result = {
@@ -122,6 +123,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "params_bytes_per_device": state_bytes["params"],
         "opt_state_bytes_per_device": state_bytes["opt_state"],
         "params_plus_opt_bytes_one_device": state_bytes["params_total"] + state_bytes["opt_state_total"],
+        "lora_base_bytes_per_device": state_bytes["base"],  # the frozen (maybe quantized) base; 0 without LoRA
         "loadavg_1m": os.getloadavg()[0],
     }
     print(f"GRPO step on {result['device']}, mesh {result['mesh']}, {rows} rollouts/step "
@@ -136,7 +138,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
           f"{result['peak_matmul_gflops']:.1f} GFLOP/s here: MFU {result['mfu']:.3f}")
     print(f"  peak memory {memory / 2**20:,.0f} MiB ({memory_source})")
     print(f"  per-device params {state_bytes['params']:,} B + optimizer {state_bytes['opt_state']:,} B "
-          f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)")
+          f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)"
+          + (f"; the LoRA base {state_bytes['base']:,} B" if state_bytes["base"] else ""))
     busy = result["loadavg_1m"] > (os.cpu_count() or 1)
     print(f"  1-min load average {result['loadavg_1m']:.2f}"
           + (" (above the core count: other work competed, figures are pessimistic)" if busy else ""))

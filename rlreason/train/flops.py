@@ -3,7 +3,8 @@
 The count is the workload's, not this implementation's: 2 FLOPs per matmul weight per processed token, plus the
 attention scores and their weighted sum, for prefilling every row's prompt, decoding its completion over the
 KV cache, the reference forward pass (beta > 0) and the policy's forward + backward passes (3 forward passes'
-worth) per update pass. It counts as the peers' harness does (`shared/bench/peers/jax_grpo_flops.py`), so MFU
+worth) per update pass; with LoRA the backward pass forms no weight gradients, so 2 forward passes' worth (the
+adapters' own rank-r products are left out: under 2 r / hidden_size of the rest). It counts as the peers' harness does (`shared/bench/peers/jax_grpo_flops.py`), so MFU
 figures compare across frameworks even where rlreason skips work (a group's prompt is prefilled once).
 """
 
@@ -32,9 +33,10 @@ def forward_flops(cfg: ModelConfig, new_tokens: int, context_sum: int) -> int:
 
 
 def grpo_step_flops(cfg: ModelConfig, rows: int, prompt_length: int, completion_length: int, reference: bool,
-                    policy_passes: int) -> dict[str, int]:
+                    policy_passes: int, weight_gradients: bool = True) -> dict[str, int]:
     """Model FLOPs of a GRPO step over `rows` completions of `completion_length` tokens after prompts of
-    `prompt_length`, by phase, and their "total". `policy_passes`: num_iterations (each a forward + backward)."""
+    `prompt_length`, by phase, and their "total". `policy_passes`: num_iterations (each a forward + backward).
+    `weight_gradients`: False for LoRA, whose backward pass takes gradients of the activations only."""
     total_length = prompt_length + completion_length
     causal = lambda length: length * (length + 1) // 2  # noqa: E731
     full = rows * forward_flops(cfg, total_length, causal(total_length))
@@ -42,7 +44,7 @@ def grpo_step_flops(cfg: ModelConfig, rows: int, prompt_length: int, completion_
         "prefill": rows * forward_flops(cfg, prompt_length, causal(prompt_length)),
         "decode": rows * sum(forward_flops(cfg, 1, context) for context in range(prompt_length + 1, total_length)),
         "reference": full if reference else 0,
-        "policy": 3 * full * policy_passes,
+        "policy": (3 if weight_gradients else 2) * full * policy_passes,
     }
     phases["total"] = sum(phases.values())
     return phases

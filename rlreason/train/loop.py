@@ -239,7 +239,7 @@ def step_model_flops(cfg: Config, model_cfg: ModelConfig, batch, metrics: dict) 
     completion. With dynamic sampling's extra draws it counts one draw: MFU then understates the work done."""
     rows = batch["prompt_tokens"].shape[0] * cfg.grpo.num_generations
     return grpo_step_flops(model_cfg, rows, batch["prompt_tokens"].shape[1], round(metrics["completion_length_max"]),
-                           cfg.grpo.beta > 0, cfg.grpo.num_iterations)["total"]
+                           cfg.grpo.beta > 0, cfg.grpo.num_iterations, weight_gradients=not cfg.lora.rank)["total"]
 
 
 def sample_rows(tokenizer: Tokenizer, samples, reward_names: list[str], step: int) -> list[dict]:

@@ -34,6 +34,9 @@ def test_one_layer_by_hand():
                                    policy_passes=2)
     assert no_reference["reference"] == 0
     assert no_reference["policy"] == 2 * 3 * 2 * forward_flops(cfg, 4, 10)
+    lora = grpo_step_flops(cfg, rows=2, prompt_length=2, completion_length=2, reference=False, policy_passes=2,
+                           weight_gradients=False)  # the backward pass takes no weight gradients
+    assert lora["policy"] == 2 * 2 * 2 * forward_flops(cfg, 4, 10)
 
 
 def test_the_measured_peak_is_a_rate():
