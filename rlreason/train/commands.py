@@ -18,6 +18,7 @@ from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules, param_shardings
 from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.tools import make_tool_turns
 from rlreason.storage import storage_path
 from rlreason.tokenizers.templates import render_prompt
 from rlreason.train.evaluate import EVAL_DIR, build_evaluator, eval_metrics, write_results
@@ -25,14 +26,15 @@ from rlreason.train.loop import load_policy_config
 
 
 def sample_texts(params, model_cfg, tokenizer, questions: list[str], cfg: Config, seed: int) -> list[str]:
-    """One completion per question, rendered with the configured template and sampled with cfg.sampling."""
+    """One completion per question, rendered with the configured template and sampled with cfg.sampling (its
+    tools included)."""
     encoded = [tokenizer.encode(render_prompt(question, cfg.tokenizer.template, tokenizer)) for question in questions]
     width = max(len(ids) for ids in encoded)
     prompt_tokens, prompt_mask = map(np.stack, zip(*(left_pad(ids, width, tokenizer.pad_id) for ids in encoded)))
     sampling = SamplingParams.from_config(cfg.sampling)
-    roll = jax.jit(generate_groups, static_argnames=("cfg", "sampling", "group_size", "stop_ids", "pad_id"))(
+    roll = jax.jit(generate_groups, static_argnames=("cfg", "sampling", "group_size", "stop_ids", "pad_id", "tools"))(
         params, prompt_tokens, prompt_mask, jax.random.key(seed), cfg=model_cfg, sampling=sampling, group_size=1,
-        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, tools=make_tool_turns(cfg.sampling.tools, tokenizer))
     roll = jax.device_get(roll)
     return [tokenizer.decode(tokens[mask > 0]) for tokens, mask in zip(roll.tokens, roll.completion_mask)]
 

@@ -9,6 +9,8 @@ compute the same summary. Sample j of problem i draws from fold_in(fold_in(key(t
 the numbers do not depend on how the problems are batched, nor on how many hosts share the devices, and every
 evaluation of a run draws the same random numbers (step-to-step changes are the params', not the dice's).
 
+With sampling.tools enabled, the samples call the tools as the training rollouts do (rlreason.sampling.tools).
+
 Each accuracy comes in three views (`verifiers.lenient.verdicts`): unsuffixed, the accuracy reward alone (the
 answer inside `<answer>` for the R1 tasks); `_strict`, that and the run's format rewards (what the reward pays);
 `_lenient`, the answer right wherever the completion writes it. A set is scored by the run's grpo.rewards
@@ -54,6 +56,7 @@ from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.rules import Rules, rows_sharding
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.tools import make_tool_turns
 from rlreason.tokenizers import Tokenizer
 from rlreason.train.jsonl import append_rows, rows_through, write_rows
 from rlreason.verifiers.answers import canonical_answer
@@ -163,6 +166,7 @@ class Evaluator:
         wanted = min(cfg.eval.batch_size, max(len(eval_set.prompts) for eval_set in self.sets))
         self.problems_per_call = -(-wanted // split) * split
         sampling = SamplingParams.from_config(cfg.sampling, temperature=cfg.eval.temperature)
+        tools = make_tool_turns(cfg.sampling.tools, tokenizer)  # a policy trained with tools is evaluated with them
         split_rows = lambda leaf: jax.lax.with_sharding_constraint(  # noqa: E731
             leaf, rows_sharding(mesh, leaf.shape, rules))
 
@@ -171,7 +175,7 @@ class Evaluator:
             seed_key = jax.random.key(cfg.train.seed)
             prompt_keys = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, batch["problem"])
             roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
-                                   sampling, k, tokenizer.stop_ids, tokenizer.pad_id)
+                                   sampling, k, tokenizer.stop_ids, tokenizer.pad_id, tools)
             # Rows [P * k] stay where their prompts were, split as the scorer splits them.
             return jax.tree.map(split_rows, (roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
 

@@ -190,3 +190,30 @@ def test_no_tool_enabled_makes_no_tool_turns():
     assert [tool.name for tool in tool_turns.tools] == ["calc"]
     assert [PIECES[i] for i in np.flatnonzero(tool_turns.closing_pieces)] == [
         "<calc>", "</calc>", "<result>", "</result>", "<answer>", "</answer>"]
+
+
+def test_evaluation_and_rlreason_sample_call_the_runs_tools():
+    """A policy trained with tools is evaluated with them: the evaluator's and `rlreason sample`'s samples get the
+    result inserted, and the answer after it is scored."""
+    from tiny_run import tiny_config
+
+    from rlreason.config import RewardConfig
+    from rlreason.data.encoding import encode_rows
+    from rlreason.data.eval_sets import EvalSet
+    from rlreason.data.sources import Example
+    from rlreason.parallel.mesh import make_mesh
+    from rlreason.parallel.rules import axis_rules
+    from rlreason.train.commands import sample_texts
+    from rlreason.train.evaluate import Evaluator
+
+    cfg = tiny_config("sampling.tools.enabled=[calc]", "sampling.tools.max_observation_tokens=8",
+                      "sampling.temperature=0", "eval.temperature=0", "eval.num_samples=1", "tokenizer.template=plain")
+    expected = "<calc>2+3</calc><result>5</result><answer>5</answer>"
+    params = scripted_params()
+    assert sample_texts(params, CFG, TOKENIZER, ["Q"], cfg, seed=0) == [expected]
+    prompts_set = encode_rows([Example("Q", "5")], cfg.task, TOKENIZER, "plain", cfg.sampling.max_prompt_length, "Q")
+    eval_set = EvalSet("calls", prompts_set, (RewardConfig("exact_answer"),), "exact_answer")
+    evaluator = Evaluator(cfg, CFG, TOKENIZER, make_mesh(cfg.mesh), axis_rules(cfg.mesh), [eval_set])
+    result = evaluator.evaluate(params, eval_set)
+    assert [row["completion"] for row in result.rows] == [expected]
+    assert result.summary["pass@1"] == 1.0
