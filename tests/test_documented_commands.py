@@ -180,6 +180,8 @@ def test_every_documented_command_is_classified():
 # Documents whose commands take minutes together and whose features the default run covers elsewhere: run with
 # `-m slow` (document -> the tests that cover its commands by default).
 SLOW_DOCUMENTS = {
+    "docs/lora.md": "tests/models/test_lora.py, tests/train/test_lora_training.py (adapters, NF4, training, resume, "
+                    "the merged export in transformers)",
     "docs/parallel.md": "tests/parallel (meshes, benches on 8 devices, local multi-process training)",
     "docs/real-models.md": "tests/models (SmolLM2 GGUF conversion, sampling, a GRPO step, export to HF)",
     "docs/sft.md": "tests/train/test_sft.py, test_generate.py, test_star.py, test_pipeline.py (SFT, rejection "
