@@ -3,20 +3,23 @@ directory or a checkpoint of `rlreason train`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from rlreason.config import Config, ModelConfig, from_dict
 from rlreason.data.encoding import left_pad
+from rlreason.models.lora import adapter_specs, merge_adapters, quantize_base, with_adapters
 from rlreason.models.store import load_model, load_model_config, run_model_config
 from rlreason.models.transformer import ParamSpec, param_specs
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.mesh import make_mesh
-from rlreason.parallel.rules import axis_rules, param_shardings
+from rlreason.parallel.rules import axis_rules, param_shardings, spec_shardings
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.sampling.tools import make_tool_turns
 from rlreason.storage import storage_path
@@ -45,12 +48,14 @@ def run_sample(cfg: Config, model_dir: str, questions: list[str]) -> None:
         print(f"--- {question}\n{text}")
 
 
-def load_checkpoint_params(checkpoint: epath.Path, model_cfg: ModelConfig, shardings):
-    """The policy params of a `rlreason train` checkpoint (<checkpoint.dir>/<step>), read onto `shardings`
-    (the rest of its state is not read)."""
+def load_checkpoint_params(checkpoint: epath.Path, model_cfg: ModelConfig, shardings, specs=None):
+    """The trained params of a `rlreason train` checkpoint (<checkpoint.dir>/<step>), read onto `shardings`
+    (the rest of its state is not read). `specs`: their ParamSpec tree (a LoRA run's adapters); None: the
+    model's."""
     abstract = jax.tree.map(lambda spec, sharding: jax.ShapeDtypeStruct(spec.shape, model_cfg.param_dtype,
                                                                         sharding=sharding),
-                            param_specs(model_cfg), shardings, is_leaf=lambda node: isinstance(node, ParamSpec))
+                            param_specs(model_cfg) if specs is None else specs, shardings,
+                            is_leaf=lambda node: isinstance(node, ParamSpec))
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(checkpoint / "state", args=ocp.args.PyTreeRestore(
@@ -58,13 +63,27 @@ def load_checkpoint_params(checkpoint: epath.Path, model_cfg: ModelConfig, shard
     return restored["params"]
 
 
+def lora_checkpoint_policy(checkpoint: epath.Path, saved: Config, model_cfg: ModelConfig, mesh, rules):
+    """The merged policy of a LoRA run's checkpoint: its adapters on the base of the run's train.model_dir
+    (quantized as the run quantized it), as plain params in the parameter dtype."""
+    lora, shardings = saved.lora, param_shardings(model_cfg, mesh, rules)
+    specs = adapter_specs(model_cfg, lora)
+    adapters = load_checkpoint_params(checkpoint, model_cfg, spec_shardings(specs, mesh, rules), specs)
+    base = quantize_base(load_model(saved.train.model_dir, shardings=shardings, run=saved.model)[0], lora)
+    merge = functools.partial(merge_adapters, dtype=jnp.dtype(model_cfg.param_dtype))
+    return jax.jit(merge, out_shardings=shardings)(with_adapters(base, adapters, lora))
+
+
 def evaluated_model(cfg: Config, model: str, mesh, rules):
     """(params placed on the mesh, ModelConfig, Tokenizer, step) of a model directory (step 0) or of a
-    checkpoint of `rlreason train` (its step; the model and tokenizer of the run's train.model_dir)."""
+    checkpoint of `rlreason train` (its step; the model and tokenizer of the run's train.model_dir; a LoRA run's
+    adapters merged into that model)."""
     path = storage_path(model)
     if (path / "state").is_dir() and (path / "config").is_dir():
         saved = from_dict(json.loads((path / "config" / "metadata").read_text()))
         model_cfg, tokenizer, _ = load_policy_config(saved)
+        if saved.lora.rank:
+            return lora_checkpoint_policy(path, saved, model_cfg, mesh, rules), model_cfg, tokenizer, int(path.name)
         shardings = param_shardings(model_cfg, mesh, rules)
         return load_checkpoint_params(path, model_cfg, shardings), model_cfg, tokenizer, int(path.name)
     stored, _ = load_model_config(path)

@@ -12,6 +12,8 @@ from tiny_run import tiny_config
 from rlreason.models.lora import adapter_specs, merge_adapters, quantize_base
 from rlreason.models.quantize import QuantizedWeight
 from rlreason.models.store import load_model
+from rlreason.parallel.rules import axis_rules
+from rlreason.train.commands import evaluated_model
 from rlreason.train.loop import train
 
 STEPS = 3
@@ -74,6 +76,16 @@ def test_the_final_model_is_the_merged_policy(lora_run):
     stored = load_model(out_dir / "model")[0]
     # Merged by a compiled function there, eagerly here: equal to float32 rounding.
     for leaf, expected in zip(jax.tree.leaves(stored), jax.tree.leaves(merged), strict=True):
+        np.testing.assert_allclose(np.asarray(leaf), np.asarray(expected), rtol=1e-6, atol=1e-7)
+
+
+def test_rlreason_eval_reads_a_lora_checkpoint_as_the_merged_policy(lora_run):
+    cfg, out_dir, state, trainer, _ = lora_run
+    params, _, _, step = evaluated_model(cfg, str(out_dir / "checkpoints" / str(STEPS)), trainer.mesh,
+                                         axis_rules(cfg.mesh))
+    assert step == STEPS
+    stored = load_model(out_dir / "model")[0]
+    for leaf, expected in zip(jax.tree.leaves(params), jax.tree.leaves(stored), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(expected), rtol=1e-6, atol=1e-7)
 
 
