@@ -74,11 +74,18 @@ def test_one_step(smollm2_converted, tmp_path):
     check_run(smollm2_converted.directory, state, history, samples)
 
 
+# The documented QLoRA run of the recipe (docs/lora.md).
+QLORA = ["lora.rank=16", "lora.alpha=32", "lora.base_quantization=nf4", "grpo.optim.learning_rate=2e-4"]
+
+
 @pytest.mark.slow
-def test_the_recipe_raises_held_out_lenient_accuracy_and_its_shuffled_control_does_not(smollm2_converted, tmp_path):
-    """12 steps of the recipe (docs/real-models.md measures its full 20), 32 held-out problems x 4 samples."""
+@pytest.mark.parametrize("variant", [[], QLORA], ids=["full", "qlora"])
+def test_the_recipe_raises_held_out_lenient_accuracy_and_its_shuffled_control_does_not(smollm2_converted, tmp_path,
+                                                                                        variant):
+    """12 steps of the recipe (docs/real-models.md and docs/lora.md measure its full 20), 32 held-out problems x 4
+    samples, by full fine-tuning and by QLoRA."""
     cfg = load_config(CONFIG, [f"train.model_dir={smollm2_converted.directory}", "train.steps=12",
-                               "task.num_eval=32"])
+                               "task.num_eval=32", *variant])
     summary = run_demo(cfg, tmp_path, show_progress=False)
     assert summary["rl_gain_lenient_points"] >= 20, summary
     assert summary["control_pass@1_lenient"] < summary["base_pass@1_lenient"] + 0.5 * (
