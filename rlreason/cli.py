@@ -35,6 +35,9 @@ COMMANDS = {
                 "verified ones written as an SFT set (--out FILE.jsonl)",
     "star": "STaR / expert iteration from a base model (--model): star.rounds rounds of rejection sampling, "
             "rationalization with the answer as a hint, and SFT, each evaluated (--out DIR)",
+    "prm": "train a process reward model on Math-Shepherd step labels of a model's own samples (--model), each step "
+           "labelled by verified continuations of its prefix; writes OUT/model, OUT/prm_head.npz, labels and a "
+           "held-out summary (--out DIR)",
     "pipeline": "run a pipeline file (configs/pipelines/): stages such as pretrain, sft, grpo, generate, star in "
                 "order, each evaluated, resumable stage by stage, with a report of every stage's before and after",
     "eval": "pass@1 / pass@k / maj@k / format rate of a model directory or a train checkpoint on eval.sets (the "
@@ -98,6 +101,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             command.add_argument("--model", required=True,
                                  help="a model directory, or a checkpoint of rlreason train (as for eval)")
             command.add_argument("--out", required=True, help="the JSONL file of kept rows to write")
+        if name == "prm":
+            command.add_argument("--model", required=True,
+                                 help="the policy: a model directory, or a checkpoint of rlreason train (as for eval)")
+            command.add_argument("--out", required=True, help="the PRM's folder (model/, prm_head.npz, labels.jsonl, "
+                                                              "summary.json)")
         if name == "star":
             command.add_argument("--model", required=True, help="the base model directory")
             command.add_argument("--out", required=True,
@@ -210,6 +218,14 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
                 data = (f": kept {row['kept']}, rationalized {row['rationalized']} "
                         f"({row['rationalized_share']:.0%} of the SFT set)" if row["round"] else " (the base model)")
                 print(f"star round {row['round']}{data}; held-out lenient pass@1 {accuracy}")
+    elif args.command == "prm":
+        from rlreason.train.prm import prm
+
+        summary = prm(cfg, args.model, args.out, show_progress)
+        before, after = summary["heldout_before"], summary["heldout_after"]
+        print(f"prm: {summary['labelled_steps']} labelled steps of {summary['completions']} completions (mean soft "
+              f"label {summary['mean_soft_label']:.3f}); held-out loss {before['loss']:.4f} -> {after['loss']:.4f}, "
+              f"step accuracy {before['step_accuracy']:.3f} -> {after['step_accuracy']:.3f}; PRM in {args.out}")
     elif args.command == "sample":
         from rlreason.train.commands import run_sample
 

@@ -298,6 +298,38 @@ class GenerateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PRMConfig:
+    """`rlreason prm`: a process reward model trained on Math-Shepherd labels of a policy's own samples
+    (rlreason.train.prm). num_samples completions of each of num_prompts training prompts, split into steps at
+    `delimiter`; each step prefix continued num_rollouts times and labelled by the share that grpo.accuracy_reward
+    verifies; then `steps` AdamW updates of batch_size completions on the soft labels, from the policy's weights.
+    The last heldout_fraction of the prompts' completions are held out to measure the PRM."""
+
+    num_prompts: int = 64
+    num_samples: int = 4
+    num_rollouts: int = 4
+    max_steps: int = 8  # steps labelled per completion; later ones are not
+    delimiter: str = ","
+    temperature: float = 1.0
+    steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    heldout_fraction: float = 0.25
+
+    def validate(self, path: str) -> None:
+        for key in ("num_samples", "num_rollouts", "max_steps", "steps", "batch_size"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.num_prompts >= 2, f"{path}.num_prompts",
+                 f"must be >= 2 (some prompts train the PRM, the others measure it), got {self.num_prompts}")
+        _require(self.delimiter != "", f"{path}.delimiter", "must be a non-empty string, e.g. ',' or '\\n'")
+        _require(self.temperature > 0, f"{path}.temperature", f"must be > 0 (labels need varied continuations), "
+                 f"got {self.temperature}")
+        _require(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(0 < self.heldout_fraction < 1, f"{path}.heldout_fraction",
+                 f"must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
 class STaRConfig:
     """`rlreason star`: the self-taught reasoner loop (rlreason.train.star). Each round samples the task's
     generate.split prompts with the current model and keeps the verified rationales (generate.*); with
@@ -653,6 +685,7 @@ class Config:
     sft: SFTConfig = SFTConfig()
     generate: GenerateConfig = GenerateConfig()
     star: STaRConfig = STaRConfig()
+    prm: PRMConfig = PRMConfig()
     distill: DistillConfig = DistillConfig()
     grpo: GRPOConfig = GRPOConfig()
     lora: LoraConfig = LoraConfig()

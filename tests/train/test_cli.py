@@ -12,7 +12,8 @@ from rlreason.cli import COMMANDS, WITHOUT_CONFIG, _parse, main
 REQUIRED_OPTIONS = {"pretrain": ["--out", "runs/base"], "eval": ["--model", "runs/base"],
                     "sample": ["--model", "runs/base", "--prompt", "What is 3+4?"],
                     "generate": ["--model", "runs/base", "--out", "runs/kept.jsonl"],
-                    "star": ["--model", "runs/base", "--out", "runs/star"]}
+                    "star": ["--model", "runs/base", "--out", "runs/star"],
+                    "prm": ["--model", "runs/base", "--out", "runs/prm"]}
 OVERRIDES = ["train.steps=40", "sampling.temperature=0"]
 
 
@@ -43,7 +44,7 @@ def test_options_may_come_anywhere_among_the_config_and_the_overrides(command):
     for arguments in arrangements(command):
         args, config, overrides = _parse([command, *arguments])
         assert (config, overrides, args.quiet) == ("configs/demo_cpu.yaml", OVERRIDES, True), arguments
-        if command in ("eval", "sample", "generate", "star"):
+        if command in ("eval", "sample", "generate", "star", "prm"):
             assert args.model == "runs/base"
         if command == "pretrain":
             assert args.out == "runs/base"
