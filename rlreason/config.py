@@ -665,6 +665,9 @@ class EvalConfig:
     temperature: float = 1.0
     batch_size: int = 64  # problems sampled at once, across all devices (rounded up to split over them)
     sets: tuple[EvalSetConfig, ...] = (EvalSetConfig("heldout"),)
+    # A `rlreason prm` folder: every sample row gets its prm_score, and the test-time-compute curves best-of-k
+    # and weighted majority voting by it (rlreason.train.test_time). Empty: no PRM.
+    prm: str = ""
 
     def validate(self, path: str) -> None:
         _require(self.num_samples >= 1, f"{path}.num_samples", f"must be >= 1, got {self.num_samples}")

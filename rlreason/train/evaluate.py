@@ -31,7 +31,8 @@ Files, under a run directory RUN_DIR (`train.out_dir`, or `rlreason eval --out`)
                                      lenient_answer (`lenient_answer_text` or null), correct (accuracy reward),
                                      strict, lenient, format, length (tokens), truncated, reward (the weighted
                                      sum of the rewards, null if none applies), rewards ({function: score or
-                                     null}, the metric-only ones included)
+                                     null}, the metric-only ones included), and with eval.prm prm_score (the
+                                     PRM's probability of the completion's weakest step)
 In training the summaries also go to the metric writers (metrics.jsonl, TensorBoard, W&B) as
 eval/NAME/<summary key> in the row of step N. Resuming from step S cuts NAME.jsonl back to steps <= S and
 removes the step files of later steps, as metrics.jsonl is cut.
@@ -50,13 +51,17 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
+from rlreason.config import EVAL_METRIC_PREFIX, Config, ConfigError, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
-from rlreason.parallel.rules import Rules, rows_sharding
+from rlreason.models.store import load_model_config
+from rlreason.parallel.rules import Rules, param_shardings, rows_sharding
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.sampling.tools import make_tool_turns
+from rlreason.search.prm import completion_scores, load_prm
+from rlreason.search.steps import delimiter_table
+from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer
 from rlreason.train.jsonl import append_rows, rows_through, write_rows
 from rlreason.verifiers.answers import canonical_answer
@@ -180,6 +185,7 @@ class Evaluator:
             return jax.tree.map(split_rows, (roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
 
         self.sample = jax.jit(sample)  # compiled once: every call has the same shapes and shardings
+        self.prm_scores = prm_scoring(cfg.eval.prm, tokenizer, mesh, rules) if cfg.eval.prm else None
         grpo = cfg.grpo
         self._scorers = {}
         for eval_set in self.sets:
@@ -216,7 +222,10 @@ class Evaluator:
         for start in range(0, len(prompts), self.problems_per_call):
             roll, golds = self.sample(params, self._batch(prompts, start))
             scores = score(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
-            tokens, mask, truncated, scores = gather_rows((roll.tokens, roll.completion_mask, roll.truncated, scores))
+            process_scores = (self.prm_scores(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask)
+                              if self.prm_scores else jnp.zeros(roll.truncated.shape))
+            tokens, mask, truncated, scores, process_scores = gather_rows(
+                (roll.tokens, roll.completion_mask, roll.truncated, scores, process_scores))
             passed = verdicts(scores, columns, columns[:reward_columns], eval_set.accuracy_reward)
             rewards = np.asarray(combine_rewards(scores[:, :reward_columns], weights), np.float64)  # NaN: none apply
             for problem in range(start, min(start + self.problems_per_call, len(prompts))):
@@ -233,7 +242,8 @@ class Evaluator:
                         "length": int(mask[i].sum()), "truncated": bool(truncated[i]),
                         "reward": None if np.isnan(rewards[i]) else float(rewards[i]),
                         "rewards": {name: None if np.isnan(value) else float(value)
-                                    for name, value in zip(columns, scores[i].tolist())}})
+                                    for name, value in zip(columns, scores[i].tolist())},
+                        **({"prm_score": float(process_scores[i])} if self.prm_scores else {})})
             bar.update(min(self.problems_per_call, len(prompts) - start))
         bar.close()
         summary = summarize(rows, k)
@@ -282,6 +292,19 @@ def cut_results(run_dir: epath.Path, step: int) -> None:
     for samples in directory.glob("*/step_*.jsonl"):
         if int(samples.stem.removeprefix("step_")) > step:
             samples.unlink()
+
+
+def prm_scoring(directory: str, tokenizer: Tokenizer, mesh: Mesh, rules: Rules):
+    """The compiled PRM score of sampled rows (`rlreason.search.prm.completion_scores`) of the `rlreason prm`
+    folder `directory`, its params on the mesh. Raises ConfigError when its tokenizer is not the policy's."""
+    stored, _ = load_model_config(storage_path(directory) / "model")
+    prm = load_prm(directory, shardings=param_shardings(stored, mesh, rules))
+    if prm.tokenizer.vocab_size != tokenizer.vocab_size or any(
+            prm.tokenizer.decode([token]) != tokenizer.decode([token]) for token in range(tokenizer.vocab_size)):
+        raise ConfigError(f"config key 'eval.prm' names {directory!r}, a PRM whose tokenizer is not the policy's: a "
+                          f"PRM reads the policy's token ids, so train it from this policy (rlreason prm --model)")
+    table = jnp.asarray(delimiter_table(tokenizer, prm.delimiter))
+    return jax.jit(lambda *rows: completion_scores(prm.params, prm.head, prm.cfg, table, *rows))
 
 
 def build_evaluator(cfg: Config, model_cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> Evaluator:

@@ -11,11 +11,12 @@
 Writes to OUT:
   model/          the PRM's transformer, a model directory (rlreason sample, eval, convert read it)
   prm_head.npz    the scalar head: w [hidden_size], b []
+  prm.json        how it reads completions: {"delimiter": prm.delimiter}
   labels.jsonl    a row per sampled completion: problem, sample, heldout, question, answer (gold), completion,
                   steps (texts), soft and hard labels of its labelled steps
   summary.json    counts, the mean soft label, and the held-out loss and step accuracy before and after training
-`load_prm(OUT)` reads the PRM back and `prm_scorer` turns it into a scorer for step-level search
-(rlreason.search.beam). The command runs on one process, its arrays on the default device.
+rlreason.search.prm reads the PRM back (`load_prm`) and scores with it: step-level search (`prm_scorer`) and
+evaluation samples (`eval.prm`, `completion_scores`). The command runs on one process, on the default device.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import optax
 
 from rlreason.config import Config, ModelConfig
 from rlreason.data.encoding import load_prompts
-from rlreason.models.store import load_model, save_model
+from rlreason.models.store import save_model
 from rlreason.parallel.distributed import initialize
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
-from rlreason.search.prm import init_head, prm_loss, step_logits
+from rlreason.search.prm import PRM_HEAD_FILE, PRM_SETTINGS_FILE, init_head, prm_loss, step_logits
 from rlreason.search.step_labels import monte_carlo_step_labels
 from rlreason.search.steps import delimiter_table
 from rlreason.storage import storage_path
@@ -181,25 +182,10 @@ def prm(cfg: Config, model: str, out_dir: str, show_progress: bool = True) -> di
                "train_loss_last": last_loss, "heldout_before": before, "heldout_after": after}
     out = storage_path(out_dir)
     save_model(out / "model", trained, model_cfg, tokenizer)
-    with (out / "prm_head.npz").open("wb") as file:
+    with (out / PRM_HEAD_FILE).open("wb") as file:
         np.savez(file, w=np.asarray(head["w"]), b=np.asarray(head["b"]))
+    (out / PRM_SETTINGS_FILE).write_text(json.dumps({"delimiter": cfg.prm.delimiter}))
     write_rows(out / "labels.jsonl", [dict(record, heldout=bool(flag)) for record, flag in zip(records, heldout)])
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
-
-def load_prm(directory: str):
-    """(params, head, ModelConfig, Tokenizer) of a `rlreason prm` output folder."""
-    out = storage_path(directory)
-    params, model_cfg, tokenizer = load_model(out / "model")
-    with (out / "prm_head.npz").open("rb") as file:
-        stored = np.load(file)
-        head = {"w": jnp.asarray(stored["w"]), "b": jnp.asarray(stored["b"])}
-    return params, head, model_cfg, tokenizer
-
-
-def prm_scorer(params, head: dict, cfg: ModelConfig):
-    """A step-level search scorer (rlreason.search.beam's `Scorer`): the PRM's probability at each left-padded
-    row's last token, tokens and mask [R, W] -> [R]."""
-    logits_of = jax.jit(lambda tokens, mask: step_logits(params, head, tokens, mask, cfg)[:, -1])
-    return lambda tokens, mask: np.asarray(jax.nn.sigmoid(logits_of(jnp.asarray(tokens), jnp.asarray(mask))))

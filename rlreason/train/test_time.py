@@ -15,6 +15,10 @@ and each verdict:
 - best-of-k: the exact expectation, over every k-subset, of "the subset's sample with the highest `reward`
   (the verifier's score) is right in the verdict"; ties in reward broken uniformly at random; a missing or NaN
   reward ranks lowest.
+- with a PRM's scores (`prm_score`, eval.prm): best-of-k by the PRM (as best-of-k, ranked by prm_score), and
+  PRM-weighted voting (as maj@k, each vote weighted by its sample's prm_score: the answer with the largest sum
+  wins), the expectation over every k-subset where there are at most SUBSETS of them, else over SUBSETS subsets
+  drawn uniformly (seed 0).
 - accuracy within a token budget B: the fraction of samples that are right and finished within B tokens
   (`length` <= B), i.e. pass@1 when generation were cut at B tokens.
 
@@ -24,6 +28,7 @@ length for the k-sample methods, mean(min(length, B)) for a budget B (what a cut
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from pathlib import Path
@@ -35,11 +40,16 @@ from rlreason.train.evaluate import pass_at_k
 from rlreason.verifiers.answers import canonical_answer
 
 VERDICTS = ("lenient", "strict")
-METHODS = ("pass", "maj", "best")  # summary keys `<method>@<k>_<verdict>`
-METHOD_NAMES = {"pass": "pass@k", "maj": "maj@k", "best": "best-of-k (verifier)"}
+METHODS = ("pass", "maj", "best", "prm_best", "prm_vote")  # summary keys `<method>@<k>_<verdict>`
+METHOD_NAMES = {"pass": "pass@k", "maj": "maj@k", "best": "best-of-k (verifier)", "prm_best": "best-of-k (PRM)",
+                "prm_vote": "PRM-weighted maj@k"}
 # The row keys a (method, verdict) reads besides the verdict and `length`; rows without them skip it.
-NEEDS = {("maj", "lenient"): ("lenient_answer",), ("maj", "strict"): ("answer", "format"),
-         ("best", "lenient"): ("reward",), ("best", "strict"): ("reward",)}
+VOTE_KEYS = {"lenient": ("lenient_answer",), "strict": ("answer", "format")}
+NEEDS = {**{("maj", verdict): keys for verdict, keys in VOTE_KEYS.items()},
+         **{("best", verdict): ("reward",) for verdict in VERDICTS},
+         **{("prm_best", verdict): ("prm_score",) for verdict in VERDICTS},
+         **{("prm_vote", verdict): (*keys, "prm_score") for verdict, keys in VOTE_KEYS.items()}}
+SUBSETS = 4096  # k-subsets past which PRM-weighted voting is estimated from a sample of them
 
 
 class SampleRowsError(ValueError):
@@ -134,10 +144,47 @@ def best_of_k(rewards: list[float], right: list[bool], k: int) -> float:
     return total / math.comb(n, k)
 
 
+def weighted_vote_at_k(votes: list[str | None], weights: list[float], right: list[bool], k: int) -> float:
+    """PRM-weighted maj@k of one problem (module docstring): over k-subsets, the answer whose votes weigh most
+    wins, ties shared uniformly; a subset without a vote counts as wrong."""
+    answer_right = {answer: any(ok for other, ok in zip(votes, right) if other == answer)
+                    for answer in set(votes) - {None}}
+    n = len(votes)
+    if math.comb(n, k) <= SUBSETS:
+        subsets = itertools.combinations(range(n), k)
+    else:
+        draw = np.random.default_rng(0)
+        subsets = (draw.choice(n, k, replace=False) for _ in range(SUBSETS))
+    outcomes = []
+    for subset in subsets:
+        weight = Counter()
+        for index in subset:
+            if votes[index] is not None:
+                weight[votes[index]] += weights[index]
+        if not weight:
+            outcomes.append(0.0)
+            continue
+        top = max(weight.values())
+        winners = [answer for answer, total in weight.items() if total == top]
+        outcomes.append(sum(answer_right[answer] for answer in winners) / len(winners))
+    return float(np.mean(outcomes))
+
+
+# (method, verdict) -> its value for one problem: (the problem's rows, their verdicts, k) -> float
+K_SUBSET_METHODS = {
+    "maj": lambda group, verdict, right, k: majority_at_k(votes(group, verdict), right, k),
+    "best": lambda group, verdict, right, k: best_of_k([row["reward"] for row in group], right, k),
+    "prm_best": lambda group, verdict, right, k: best_of_k([row["prm_score"] for row in group], right, k),
+    "prm_vote": lambda group, verdict, right, k: weighted_vote_at_k(votes(group, verdict),
+                                                                    [row["prm_score"] for row in group], right, k),
+}
+
+
 def sample_curves(rows: list[dict]) -> list[dict]:
     """One row per k = 1, 2, 4, ... n: {"k", "tokens" (k * mean length), "pass@k_lenient", "maj@k_lenient",
-    "best@k_lenient", and the same `_strict`}, each a mean over the problems; a method whose row keys
-    (NEEDS) the rows lack, an evaluation that did not record them, is left out."""
+    "best@k_lenient", with a PRM "prm_best@k_lenient" and "prm_vote@k_lenient", and the same `_strict`}, each a
+    mean over the problems; a method whose row keys (NEEDS) the rows lack, an evaluation that did not record
+    them, is left out."""
     groups = problems(rows)
     computed = [(method, verdict) for verdict in VERDICTS for method in METHODS
                 if all(key in row for row in rows for key in NEEDS.get((method, verdict), ()))]
@@ -149,12 +196,10 @@ def sample_curves(rows: list[dict]) -> list[dict]:
         for verdict in VERDICTS:
             right = [[bool(row[verdict]) for row in group] for group in groups]
             point[f"pass@k_{verdict}"] = float(np.mean([pass_at_k(n, sum(ok), k) for ok in right]))
-            if ("maj", verdict) in computed:
-                point[f"maj@k_{verdict}"] = float(np.mean([majority_at_k(votes(group, verdict), ok, k)
-                                                           for group, ok in zip(groups, right)]))
-            if ("best", verdict) in computed:
-                point[f"best@k_{verdict}"] = float(np.mean([best_of_k([row["reward"] for row in group], ok, k)
-                                                            for group, ok in zip(groups, right)]))
+            for method, value in K_SUBSET_METHODS.items():
+                if (method, verdict) in computed:
+                    point[f"{method}@k_{verdict}"] = float(np.mean([value(group, verdict, ok, k)
+                                                                    for group, ok in zip(groups, right)]))
         curves.append(point)
     return curves
 
@@ -206,7 +251,7 @@ def plot_test_time_compute(samples: list[dict], budgets: list[dict], path: Path,
                   markersize=3, color=f"C{METHODS.index(method)}", label=f"{METHOD_NAMES[method]}, {verdict}")
     for verdict, style in styles.items():
         axis.plot([point["tokens"] for point in budgets], [point[verdict] for point in budgets], style, marker="s",
-                  markersize=3, color="C3", label=f"1 sample, budget B, {verdict}")
+                  markersize=3, color=f"C{len(METHODS)}", label=f"1 sample, budget B, {verdict}")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("generated tokens per problem")
     axis.set_ylabel("accuracy")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from rlreason.train.test_time import (SampleRowsError, best_of_k, budget_curve, majority_at_k, markdown_tables,
-                                      plot_test_time_compute, problems, sample_counts, sample_curves, votes)
+from rlreason.train.test_time import (SUBSETS, SampleRowsError, best_of_k, budget_curve, majority_at_k,
+                                      markdown_tables, plot_test_time_compute, problems, sample_counts, sample_curves,
+                                      votes, weighted_vote_at_k)
 
 
 def subset_majority(votes, right, subset) -> Fraction:
@@ -70,6 +71,62 @@ def test_majority_and_best_of_k_equal_the_enumeration_of_every_subset(seed):
                                                               abs=1e-12), (cast, k)
         assert best_of_k(rewards, right, k) == pytest.approx(brute_force(subset_best, rewards, right, k),
                                                              abs=1e-12), (rewards, k)
+
+
+def subset_weighted_vote(cast_and_weights, right, subset) -> float:
+    """The definition read literally: each vote weighs its sample's PRM score, the heaviest answer wins."""
+    cast, weights = cast_and_weights
+    tally = {}
+    for index in subset:
+        if cast[index] is not None:
+            tally[cast[index]] = tally.get(cast[index], 0.0) + weights[index]
+    if not tally:
+        return 0.0
+    top = max(tally.values())
+    winners = [answer for answer, total in tally.items() if total == top]
+    good = {cast[i] for i in range(len(cast)) if right[i] and cast[i] is not None}
+    return sum(answer in good for answer in winners) / len(winners)
+
+
+def test_prm_weighted_voting_by_hand_and_by_enumeration():
+    cast, right = ["3", "3", "5", None], [False, False, True, False]
+    # All four: "3" weighs 0.2, "5" 0.9: the PRM outvotes the majority.
+    assert weighted_vote_at_k(cast, [0.1, 0.1, 0.9, 1.0], right, 4) == 1.0
+    assert majority_at_k(cast, right, 4) == 0.0
+    # k=1: one sample at a time, the lone vote wins (the unvoted one is wrong): 1/4.
+    assert weighted_vote_at_k(cast, [0.1, 0.1, 0.9, 1.0], right, 1) == pytest.approx(1 / 4)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        n = int(rng.integers(2, 9))
+        votes_cast = [["1", "2", "3", None][i] for i in rng.integers(0, 4, n)]
+        weights = [float(w) for w in rng.choice([0.25, 0.5, 1.0], n)]
+        ok = [vote == "3" for vote in votes_cast]
+        for k in range(1, n + 1):
+            assert weighted_vote_at_k(votes_cast, weights, ok, k) == pytest.approx(
+                brute_force(subset_weighted_vote, (votes_cast, weights), ok, k), abs=1e-12)
+    # Equal weights: weighted voting is majority voting.
+    assert weighted_vote_at_k(cast, [1.0] * 4, right, 3) == pytest.approx(majority_at_k(cast, right, 3))
+
+
+def test_prm_weighted_voting_past_the_subset_cap_is_a_seeded_estimate():
+    n, k = 16, 8  # C(16, 8) = 12870 > SUBSETS
+    assert math.comb(n, k) > SUBSETS
+    cast = ["1"] * 9 + ["2"] * 7
+    right = [False] * 9 + [True] * 7
+    weights = [0.2] * 9 + [0.5] * 7  # "2" wins unless a subset holds 3x as many "1"s
+    estimate = weighted_vote_at_k(cast, weights, right, k)
+    assert estimate == weighted_vote_at_k(cast, weights, right, k)  # seeded: the same draw
+    exact = brute_force(subset_weighted_vote, (cast, weights), right, k)
+    assert estimate == pytest.approx(exact, abs=4 / math.sqrt(SUBSETS))  # within 4 standard errors of a share
+
+
+def test_prm_methods_appear_only_with_prm_scores():
+    assert not any(key.startswith("prm_") for key in sample_curves(ROWS)[0])
+    scored = [dict(row, prm_score=1.0 if row["reward"] == 1.0 else 0.1) for row in ROWS]
+    points = {point["k"]: point for point in sample_curves(scored)}
+    # The PRM here trusts the verifier's reward-1 sample: best-of-4 by it is that sample, right in both verdicts.
+    assert points[4]["prm_best@k_strict"] == pytest.approx(points[4]["best@k_strict"]) == pytest.approx(1.0)
+    assert "prm_vote@k_lenient" in points[4] and "prm_vote@k_strict" in points[4]
 
 
 def test_votes_are_the_evaluations_strict_from_the_format_lenient_anywhere():
