@@ -426,6 +426,11 @@ class GRPOConfig:
     reward_control: Literal["none", "shuffle", "bernoulli", "format_only"] = "none"
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
+    # Process supervision (rlreason.rl.advantages.process_advantages): a `rlreason prm` folder whose PRM scores
+    # every step of the rollouts; the group-normalised step scores, summed from each token to the end, are added
+    # to the outcome advantage times process_reward_weight. Empty: outcome rewards only.
+    process_reward: str = ""
+    process_reward_weight: float = 1.0
     verifier_timeout_s: float = 5.0  # wall-clock limit of one isolated verifier call (math_equiv)
     verifier_batch_deadline_s: float = 2.0  # all isolated calls of one device's rows in a step; late ones score 0
     verifier_memory_mb: int = 1024  # address-space cap of each verifier worker process (RLIMIT_AS)
@@ -480,6 +485,8 @@ class GRPOConfig:
         _require(self.verifier_memory_mb >= 512, f"{path}.verifier_memory_mb",
                  f"must be >= 512 (a worker needs about 220 MiB of address space for sympy alone), got "
                  f"{self.verifier_memory_mb}")
+        _require(self.process_reward_weight >= 0, f"{path}.process_reward_weight",
+                 f"must be >= 0, got {self.process_reward_weight}")
         names = [reward.name for reward in self.rewards]
         _require(self.accuracy_reward in names, f"{path}.accuracy_reward",
                  f"must name one of {path}.rewards ({', '.join(names)}), got {self.accuracy_reward!r}")

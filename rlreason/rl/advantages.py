@@ -19,6 +19,9 @@ advantages up to 1e-4).
 
 With `per_function` (GDPO-style), each reward function's column is centred and scaled on its own and the
 advantage is the weighted sum of those, so that a dense reward does not drown a sparse one.
+
+`process_advantages` turns a PRM's step rewards into per-token advantages (process supervision), added to the
+outcome advantage by the step when grpo.process_reward names a PRM.
 """
 
 from __future__ import annotations
@@ -120,3 +123,19 @@ def compute_advantages(rewards: jax.Array, rewards_per_function: jax.Array, weig
     grouped = rewards.reshape(-1, num_generations)
     _, std, _ = centred_and_std(jnp.where(jnp.isnan(grouped), 0.0, grouped), ~jnp.isnan(grouped), axis=1)
     return Advantages(advantages, std[:, 0], std[:, 0] <= ZERO_STD_ATOL)
+
+
+def process_advantages(step_rewards: jax.Array, step_ends: jax.Array, num_generations: int) -> jax.Array:
+    """Process supervision's per-token advantages (DeepSeekMath, section 4.1.3): every step reward of a group is
+    normalised by the mean and std of all the group's step rewards, r~ = (r - mean) / (std + STD_EPS), and token
+    t's advantage is the sum of r~ over the steps that end at or after t.
+
+    step_rewards [B, T] (read where step_ends [B, T] is True, the last token of each step), rows
+    group-contiguous. Returns [B, T]; a token after a completion's last step end gets 0.
+    """
+    batch, length = step_rewards.shape
+    grouped = step_rewards.reshape(-1, num_generations * length)
+    valid = step_ends.reshape(grouped.shape)
+    centred, std, _ = centred_and_std(grouped, valid, axis=1)
+    normalised = (centred / (std + STD_EPS)).reshape(batch, length)
+    return jnp.flip(jnp.cumsum(jnp.flip(normalised, axis=1), axis=1), axis=1)

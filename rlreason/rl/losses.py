@@ -22,7 +22,8 @@ and sharding give exactly the single-batch value.
 Adding a variant is one function in its table plus its name in the matching `Literal` of
 rlreason.config.GRPOConfig (tests/rl/test_registries.py checks the two agree).
 
-Shapes: B rows, T completion tokens; advantages come in as [B, 1] so that they broadcast over tokens.
+Shapes: B rows, T completion tokens; advantages come in as [B, 1] (a row's, broadcast over its tokens) or [B, T]
+(per token: process supervision).
 """
 
 from __future__ import annotations
@@ -169,16 +170,18 @@ def make_token_loss(policy_loss: str, importance_sampling_level: str, kl_estimat
                     beta: float, entropy_coef: float) -> Callable[..., TokenLoss]:
     """The per-token loss of the named variants:
 
-        token_loss(logprobs, entropy, old_logprobs, ref_logprobs, advantages [B], is_weights, mask) -> TokenLoss
+        token_loss(logprobs, entropy, old_logprobs, ref_logprobs, advantages, is_weights, mask) -> TokenLoss
 
-    with every other argument [B, T]; `ref_logprobs` is unused (may be None) when beta == 0, `entropy` when
+    with advantages [B] (a row's, broadcast over its tokens) or [B, T] (per token: process supervision) and
+    every other argument [B, T]; `ref_logprobs` is unused (may be None) when beta == 0, `entropy` when
     entropy_coef == 0. `is_weights` are detached off-policy correction weights (1: none)."""
     ratio_of, policy_term, kl_of = (IMPORTANCE_RATIOS[importance_sampling_level], POLICY_LOSSES[policy_loss],
                                     KL_ESTIMATORS[kl_estimator])
 
     def token_loss(logprobs, entropy, old_logprobs, ref_logprobs, advantages, is_weights, mask) -> TokenLoss:
         ratio = ratio_of(logprobs, old_logprobs, mask)
-        policy = policy_term(ratio, logprobs, old_logprobs, advantages[:, None], settings)
+        per_token = advantages if advantages.ndim == 2 else advantages[:, None]
+        policy = policy_term(ratio, logprobs, old_logprobs, per_token, settings)
         loss = is_weights * policy.loss
         kl = jnp.zeros_like(logprobs)
         if beta > 0:

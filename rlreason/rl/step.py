@@ -36,13 +36,14 @@ from rlreason.config import GRPOConfig, LoraConfig, ModelConfig
 from rlreason.models.lora import with_adapters
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.parallel.host_data import gather_rows
-from rlreason.rl.advantages import Advantages, compute_advantages
+from rlreason.rl.advantages import Advantages, compute_advantages, process_advantages
 from rlreason.rl.controls import make_reward_control
 from rlreason.rl.losses import LOSS_AGGREGATIONS, loss_settings, make_token_loss
 from rlreason.rl.off_policy import OFF_POLICY_CORRECTIONS, OffPolicySettings, mismatch_metrics
 from rlreason.rl.shaping import soft_overlong_penalty
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 from rlreason.sampling.tools import ToolTurns, tool_metrics
+from rlreason.search.prm import step_scores
 from rlreason.verifiers.combine import combine_rewards, reward_metrics
 from rlreason.verifiers.lenient import verdicts
 
@@ -68,6 +69,7 @@ class TrainState:
     ref_params: Any  # None when beta == 0 or with LoRA (whose reference is `base`): no copy is kept
     rng: jax.Array  # key for the next step's sampling
     base: Any = None  # a LoRA run's frozen (maybe quantized) base model; None: full fine-tuning. Never saved.
+    process_reward_model: Any = None  # (params, head) of grpo.process_reward's PRM, frozen; None: none. Never saved.
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation, rng: jax.Array, keep_reference: bool,
@@ -119,6 +121,16 @@ class Samples(NamedTuple):
     advantages: jax.Array
 
 
+class ProcessReward(NamedTuple):
+    """How the step scores its rollouts' steps with the PRM of grpo.process_reward (its params and head travel in
+    TrainState.process_reward_model): the PRM's model config, its step delimiters [V] bool, and the weight of
+    its per-token advantages."""
+
+    cfg: ModelConfig
+    is_delimiter: np.ndarray
+    weight: float
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOFunctions:
     rollout: Callable  # (params, batch, rng) -> Rollout                      [B rows]
@@ -137,7 +149,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         tools: ToolTurns | None = None,
                         row_sharding: Callable[[Any], Any] = lambda rows: rows,
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state,
-                        lora: LoraConfig = LoraConfig()) -> GRPOFunctions:
+                        lora: LoraConfig = LoraConfig(),
+                        process_reward: ProcessReward | None = None) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
 
     `tools`: the run's tool turns (rlreason.sampling.tools; None: none). The rollout then holds the tools'
@@ -147,7 +160,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
     the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
     defaults leave placement to the compiler. `lora`: how a LoRA run's adapters (state.params) apply to its base
-    (state.base); unused in full fine-tuning.
+    (state.base); unused in full fine-tuning. `process_reward`: process supervision by a PRM (None: outcome
+    rewards only).
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
@@ -270,8 +284,20 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                                             1.0 - grpo.top_entropy_quantile)
                 loss_mask = loss_mask * (old_entropy >= threshold)
 
+        # Process supervision: per-token advantages [B, Tc], the outcome's plus the PRM's.
+        token_advantages = advantages.advantages
+        if process_reward is not None:
+            step_rewards, step_ends = step_scores(*state.process_reward_model, process_reward.cfg,
+                                                  jnp.asarray(process_reward.is_delimiter), roll.prompt_tokens,
+                                                  roll.prompt_mask, roll.tokens, roll.completion_mask)
+            token_advantages = advantages.advantages[:, None] + process_reward.weight * process_advantages(
+                step_rewards, step_ends, group_size)
+            metrics["process_reward/step_score"] = jnp.sum(step_rewards * step_ends) / jnp.maximum(
+                jnp.sum(step_ends), 1)
+            metrics["process_reward/steps"] = jnp.mean(jnp.sum(step_ends, axis=1))
+
         rows = {"prompt_tokens": roll.prompt_tokens, "prompt_mask": roll.prompt_mask, "tokens": roll.tokens,
-                "old_logprobs": old_logprobs, "advantages": advantages.advantages, "loss_mask": loss_mask,
+                "old_logprobs": old_logprobs, "advantages": token_advantages, "loss_mask": loss_mask,
                 "is_weights": is_weights}
         if grpo.beta > 0:
             rows["ref_logprobs"] = batch_logprobs(reference(state), roll)[0]

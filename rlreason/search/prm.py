@@ -18,10 +18,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from rlreason.config import ModelConfig
-from rlreason.models.store import load_model
+from rlreason.config import ConfigError, ModelConfig
+from rlreason.models.store import ModelDirError, load_model, load_model_config
 from rlreason.models.transformer import Params, forward_hidden, positions_from_mask, rms_norm
+from rlreason.parallel.rules import AXIS_RULES, Rules, param_shardings, replicated
 from rlreason.search.steps import split_steps
 from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer
@@ -62,13 +64,20 @@ class ProcessRewardModel(NamedTuple):
     delimiter: str  # where its steps end (`rlreason prm`'s prm.delimiter)
 
 
-def load_prm(directory: str, shardings=None) -> ProcessRewardModel:
-    """The PRM of a `rlreason prm` folder; `shardings` places the transformer's params (None: default device)."""
+def load_prm(directory: str, mesh: Mesh | None = None, rules: Rules = AXIS_RULES) -> ProcessRewardModel:
+    """The PRM of a `rlreason prm` folder: on the default device, or laid out on `mesh` by `rules` (the head
+    replicated)."""
     folder = storage_path(directory)
+    if not (folder / PRM_HEAD_FILE).is_file():
+        raise ModelDirError(f"{str(folder)!r} is not a process reward model folder (it has no {PRM_HEAD_FILE}): make "
+                            f"one with `rlreason prm CONFIG --model POLICY --out {directory}`")
+    shardings = None if mesh is None else param_shardings(load_model_config(folder / "model")[0], mesh, rules)
     params, cfg, tokenizer = load_model(folder / "model", shardings=shardings)
     with (folder / PRM_HEAD_FILE).open("rb") as file:
         stored = np.load(file)
         head = {"w": jnp.asarray(stored["w"]), "b": jnp.asarray(stored["b"])}
+    if mesh is not None:
+        head = jax.device_put(head, replicated(mesh))
     delimiter = json.loads((folder / PRM_SETTINGS_FILE).read_text())["delimiter"]
     return ProcessRewardModel(params, head, cfg, tokenizer, delimiter)
 
@@ -80,15 +89,30 @@ def prm_scorer(params, head: dict, cfg: ModelConfig):
     return lambda tokens, mask: np.asarray(jax.nn.sigmoid(logits_of(jnp.asarray(tokens), jnp.asarray(mask))))
 
 
-def completion_scores(params, head: dict, cfg: ModelConfig, is_delimiter: jax.Array, prompt_tokens: jax.Array,
-                      prompt_mask: jax.Array, tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
-    """Each completion's PRM score [B]: the smallest of its steps' probabilities (0 for an empty completion).
-
-    prompt_tokens, prompt_mask [B, Tp] left-padded; tokens, completion_mask [B, Tc]; is_delimiter [V] bool.
-    Jit-able."""
+def step_scores(params, head: dict, cfg: ModelConfig, is_delimiter: jax.Array, prompt_tokens: jax.Array,
+                prompt_mask: jax.Array, tokens: jax.Array, completion_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the PRM's probability at every completion position [B, Tc], where steps end [B, Tc] bool), in one forward
+    pass over prompt + completion. prompt_tokens, prompt_mask [B, Tp] left-padded; tokens, completion_mask
+    [B, Tc]; is_delimiter [V] bool. Jit-able."""
     steps = split_steps(tokens, completion_mask, is_delimiter)
     rows = jnp.concatenate([prompt_tokens, tokens], axis=1)
     mask = jnp.concatenate([prompt_mask.astype(bool), completion_mask.astype(bool)], axis=1)
-    probabilities = jax.nn.sigmoid(step_logits(params, head, rows, mask, cfg)[:, prompt_tokens.shape[1]:])
-    weakest = jnp.min(jnp.where(steps.ends, probabilities, jnp.inf), axis=1)
-    return jnp.where(steps.count > 0, weakest, 0.0)
+    return jax.nn.sigmoid(step_logits(params, head, rows, mask, cfg)[:, prompt_tokens.shape[1]:]), steps.ends
+
+
+def completion_scores(params, head: dict, cfg: ModelConfig, is_delimiter: jax.Array, prompt_tokens: jax.Array,
+                      prompt_mask: jax.Array, tokens: jax.Array, completion_mask: jax.Array) -> jax.Array:
+    """Each completion's PRM score [B]: the smallest of its steps' probabilities (0 for an empty completion).
+    Arguments as `step_scores`."""
+    probabilities, ends = step_scores(params, head, cfg, is_delimiter, prompt_tokens, prompt_mask, tokens,
+                                      completion_mask)
+    return jnp.where(jnp.any(ends, axis=1), jnp.min(jnp.where(ends, probabilities, jnp.inf), axis=1), 0.0)
+
+
+def check_same_tokenizer(prm: ProcessRewardModel, tokenizer: Tokenizer, key: str, directory: str) -> None:
+    """Raises ConfigError (naming config key `key`) when the PRM of `directory` reads other token ids than
+    `tokenizer` makes."""
+    if prm.tokenizer.vocab_size != tokenizer.vocab_size or any(
+            prm.tokenizer.decode([token]) != tokenizer.decode([token]) for token in range(tokenizer.vocab_size)):
+        raise ConfigError(f"config key '{key}' names {directory!r}, a PRM whose tokenizer is not the policy's: a "
+                          f"PRM reads the policy's token ids, so train it from this policy (rlreason prm --model)")

@@ -3,7 +3,8 @@ and a checkpoint that cannot be read passed over for the one before it.
 
 `checkpoint.dir` (default <train.out_dir>/checkpoints) holds, per saved step:
     <step>/state/    the TrainState: step, params, opt_state, ref_params (grpo.beta > 0), rng as raw key data; a LoRA
-                     run's params are its adapters, and its frozen base is not saved (it is train.model_dir's)
+                     run's params are its adapters, and its frozen base is not saved (it is train.model_dir's), nor is
+                     the PRM of grpo.process_reward
     <step>/data/     each process's position in its data stream (grain: one JSON file per process)
     <step>/config/   the run's resolved config as JSON
 and `<step>.unreadable-<time>/` for a checkpoint that failed to restore when an older one did restore: it is
@@ -66,14 +67,14 @@ def checkpoint_dir(cfg: Config) -> epath.Path:
 
 def storable(state: TrainState) -> TrainState:
     """The state as orbax writes it: the typed RNG key as its raw uint32 key data, without a LoRA run's base."""
-    return state.replace(rng=jax.random.key_data(state.rng), base=None)
+    return state.replace(rng=jax.random.key_data(state.rng), base=None, process_reward_model=None)
 
 
 def abstract_storable(state: TrainState) -> TrainState:
     """Abstract arrays (jax.ShapeDtypeStruct with sharding) of `storable(state)`; `state` may be abstract."""
     key_data = jax.eval_shape(jax.random.key_data, state.rng)
     abstract = state.replace(rng=jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=state.rng.sharding),
-                             base=None)
+                             base=None, process_reward_model=None)
     return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding), abstract)
 
 
@@ -227,8 +228,8 @@ class RunCheckpoints:
 
     def restore(self, abstract_state: TrainState, batches: RowBatches) -> Restored:
         """The newest checkpoint that every process can restore, into arrays laid out like `abstract_state`
-        (jax.ShapeDtypeStruct leaves with shardings; a LoRA run's base is taken from it as it is), and `batches`
-        moved to its position. Newer checkpoints that
+        (jax.ShapeDtypeStruct leaves with shardings; a LoRA run's base and the process reward model are taken from
+        it as they are), and `batches` moved to its position. Newer checkpoints that
         fail are moved aside with a warning; when none restores, raises CheckpointError and moves nothing."""
         # Before the first attempt: the aftermath of a failure begins before its error reaches this frame.
         _quiet_the_aftermath_of_failed_restores()
@@ -251,7 +252,8 @@ class RunCheckpoints:
                 logger.warning("resuming from %s with settings changed since it was saved: %s", self.path(step),
                                "; ".join(changes))
             self.last_step = step
-            return Restored(from_storable(restored.state).replace(base=abstract_state.base), step)
+            return Restored(from_storable(restored.state).replace(
+                base=abstract_state.base, process_reward_model=abstract_state.process_reward_model), step)
         listing = "\n".join(f"  {self.path(step)}: {problem}" for step, problem in failures)
         raise CheckpointError(f"no checkpoint in {str(self.directory)!r} can be restored (nothing was moved or "
                               f"deleted):\n{listing}\nResume with the settings the checkpoints were saved with "

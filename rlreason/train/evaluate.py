@@ -51,17 +51,15 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh
 
-from rlreason.config import EVAL_METRIC_PREFIX, Config, ConfigError, ModelConfig, RewardConfig
+from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
-from rlreason.models.store import load_model_config
-from rlreason.parallel.rules import Rules, param_shardings, rows_sharding
+from rlreason.parallel.rules import Rules, rows_sharding
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.sampling.tools import make_tool_turns
-from rlreason.search.prm import completion_scores, load_prm
+from rlreason.search.prm import check_same_tokenizer, completion_scores, load_prm
 from rlreason.search.steps import delimiter_table
-from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer
 from rlreason.train.jsonl import append_rows, rows_through, write_rows
 from rlreason.verifiers.answers import canonical_answer
@@ -297,12 +295,8 @@ def cut_results(run_dir: epath.Path, step: int) -> None:
 def prm_scoring(directory: str, tokenizer: Tokenizer, mesh: Mesh, rules: Rules):
     """The compiled PRM score of sampled rows (`rlreason.search.prm.completion_scores`) of the `rlreason prm`
     folder `directory`, its params on the mesh. Raises ConfigError when its tokenizer is not the policy's."""
-    stored, _ = load_model_config(storage_path(directory) / "model")
-    prm = load_prm(directory, shardings=param_shardings(stored, mesh, rules))
-    if prm.tokenizer.vocab_size != tokenizer.vocab_size or any(
-            prm.tokenizer.decode([token]) != tokenizer.decode([token]) for token in range(tokenizer.vocab_size)):
-        raise ConfigError(f"config key 'eval.prm' names {directory!r}, a PRM whose tokenizer is not the policy's: a "
-                          f"PRM reads the policy's token ids, so train it from this policy (rlreason prm --model)")
+    prm = load_prm(directory, mesh, rules)
+    check_same_tokenizer(prm, tokenizer, "eval.prm", directory)
     table = jnp.asarray(delimiter_table(tokenizer, prm.delimiter))
     return jax.jit(lambda *rows: completion_scores(prm.params, prm.head, prm.cfg, table, *rows))
 

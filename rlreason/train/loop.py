@@ -52,9 +52,11 @@ from rlreason.parallel.rules import (axis_rules, opt_state_shardings, param_shar
                                      spec_shardings)
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.progress import progress_bar
-from rlreason.rl.step import (GRPOFunctions, Refill, TrainState, compile_grpo, init_train_state,
+from rlreason.rl.step import (GRPOFunctions, ProcessReward, Refill, TrainState, compile_grpo, init_train_state,
                               make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
+from rlreason.search.prm import check_same_tokenizer, load_prm
+from rlreason.search.steps import delimiter_table
 from rlreason.sampling.tools import make_tool_turns
 from rlreason.storage import is_url, storage_path
 from rlreason.tokenizers import Tokenizer, load_tokenizer
@@ -199,6 +201,14 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     optimizer, schedule = make_optimizer(grpo.optim, updates)
     state_layout, state = (lora_state if cfg.lora.rank else full_state)(cfg, model_cfg, optimizer, mesh, rules,
                                                                          abstract_state)
+    process_reward = None
+    if grpo.process_reward:
+        prm = load_prm(grpo.process_reward, mesh, rules)
+        check_same_tokenizer(prm, tokenizer, "grpo.process_reward", grpo.process_reward)
+        process_reward = ProcessReward(prm.cfg, delimiter_table(tokenizer, prm.delimiter), grpo.process_reward_weight)
+        weights = (prm.params, prm.head)
+        state_layout = state_layout.replace(process_reward_model=jax.tree.map(lambda leaf: leaf.sharding, weights))
+        state = state.replace(process_reward_model=weights)
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
         lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
     # Scored after the rewards, for the strict / lenient accuracy metrics only (weight 0, never in the reward).
@@ -212,7 +222,8 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer), row_sharding=rows_layout,
-        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora)
+        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora,
+        process_reward=process_reward)
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
     batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
