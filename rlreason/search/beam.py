@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from rlreason.config import ModelConfig
-from rlreason.data.encoding import left_pad
-from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.sampler import SamplingParams
+from rlreason.search.continuation import continue_sequences, padded_rows
 from rlreason.tokenizers import Tokenizer
 
 # score(tokens [R, W], mask [R, W]) -> [R] float: how good each left-padded prompt + partial solution is.
@@ -38,18 +38,12 @@ def step_beam_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompt_ids:
         open_beams = [ids for ids, finished, _ in beams if not finished]
         if not open_beams:
             break
-        rows = [left_pad(prompt_ids + ids, width, tokenizer.pad_id) for ids in open_beams]
-        tokens, mask = (np.stack(column) for column in zip(*rows))
         keys = jax.random.split(jax.random.fold_in(rng, round_index), len(open_beams))
-        rollout = generate_groups(params, tokens, mask, keys, cfg, step_sampling, expand, step_stops,
-                                  tokenizer.pad_id)
-        new_tokens, new_mask = np.asarray(rollout.tokens), np.asarray(rollout.completion_mask).astype(bool)
-        candidates = []
-        for row in range(len(open_beams) * expand):
-            step = new_tokens[row][new_mask[row]].tolist()
-            candidates.append((open_beams[row // expand] + step, bool(step) and step[-1] in stop_ids))
-        scored = [left_pad(prompt_ids + ids, width, tokenizer.pad_id) for ids, _ in candidates]
-        scores = score(*(np.stack(column) for column in zip(*scored)))
+        steps = continue_sequences(params, cfg, [prompt_ids + ids for ids in open_beams], width, keys,
+                                   step_sampling, expand, step_stops, tokenizer.pad_id)
+        candidates = [(open_beams[row // expand] + step.ids, bool(step.ids) and step.ids[-1] in stop_ids)
+                      for row, step in enumerate(steps)]
+        scores = score(*padded_rows([prompt_ids + ids for ids, _ in candidates], width, tokenizer.pad_id))
         pool = [(ids, finished, float(value)) for (ids, finished), value in zip(candidates, scores)]
         pool += [entry for entry in beams if entry[1]]
         beams = sorted(pool, key=lambda entry: -entry[2])[:beam]  # stable: ties keep the batch order

@@ -1,0 +1,52 @@
+"""Continuing partial solutions through the compiled sampler: what step-level beam search and MCTS share.
+
+A partial solution is a prompt's token ids followed by the steps written so far; a batch of them is left-padded
+to one width (so the sampler compiles once per row count), continued `group_size` times each with a key per
+row, and the sampled tokens come back per row with their log-probs under the sampling distribution.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from rlreason.config import ModelConfig
+from rlreason.data.encoding import left_pad
+from rlreason.parallel.rules import rows_sharding
+from rlreason.sampling.sampler import SamplingParams, generate_groups
+
+# cfg, sampling, group_size, stop_ids and pad_id are static: one program per row count and setting.
+_generate = jax.jit(generate_groups, static_argnums=(4, 5, 6, 7, 8))
+
+
+class Continuation(NamedTuple):
+    ids: list[int]  # the sampled tokens, up to and including the stop token that ended them (if one did)
+    logprobs: np.ndarray  # [len(ids)] float32: their log-probs under softmax(logits / temperature)
+
+
+def padded_rows(sequences: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of each sequence left-padded to `width`: (tokens int32 [R, width], mask int32 [R, width])."""
+    rows = [left_pad(ids, width, pad_id) for ids in sequences]
+    return np.stack([tokens for tokens, _ in rows]), np.stack([mask for _, mask in rows])
+
+
+def continue_sequences(params, cfg: ModelConfig, sequences: list[list[int]], width: int, keys: jax.Array,
+                       sampling: SamplingParams, group_size: int, stop_ids: tuple[int, ...], pad_id: int,
+                       mesh: Mesh | None = None) -> list[Continuation]:
+    """`group_size` continuations of each of R sequences (each at most `width` tokens), R * group_size of them,
+    groups contiguous. `keys` [R]: continuation j of sequence r is drawn from fold_in(keys[r], j), so it does
+    not depend on the rest of the batch. `stop_ids` end a continuation; at most `sampling.max_new_tokens` each.
+
+    `mesh`: the rows are split over its batch axes (params placed by the caller); None: wherever they are.
+    """
+    tokens, mask = padded_rows(sequences, width, pad_id)
+    if mesh is not None:
+        tokens, mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape)) for array in (tokens, mask, keys))
+    rollout = _generate(params, tokens, mask, keys, cfg, sampling, group_size, tuple(stop_ids), pad_id)
+    new_tokens, logprobs = np.asarray(rollout.tokens), np.asarray(rollout.logprobs)
+    new_mask = np.asarray(rollout.completion_mask).astype(bool)
+    return [Continuation(new_tokens[row][new_mask[row]].tolist(), logprobs[row][new_mask[row]])
+            for row in range(len(sequences) * group_size)]
