@@ -302,7 +302,7 @@ class PRMConfig:
     """`rlreason prm`: a process reward model trained on Math-Shepherd labels of a policy's own samples
     (rlreason.train.prm). num_samples completions of each of num_prompts training prompts, split into steps at
     `delimiter`; each step prefix continued num_rollouts times and labelled by the share that grpo.accuracy_reward
-    verifies; then `steps` AdamW updates of batch_size completions on the soft labels, from the policy's weights.
+    verifies; then `steps` updates by `optim` of batch_size completions on the soft labels, from the policy's weights.
     The last heldout_fraction of the prompts' completions are held out to measure the PRM."""
 
     num_prompts: int = 64
@@ -313,8 +313,8 @@ class PRMConfig:
     temperature: float = 1.0
     steps: int = 200
     batch_size: int = 16
-    learning_rate: float = 1e-4
     heldout_fraction: float = 0.25
+    optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant")
 
     def validate(self, path: str) -> None:
         for key in ("num_samples", "num_rollouts", "max_steps", "steps", "batch_size"):
@@ -324,7 +324,6 @@ class PRMConfig:
         _require(self.delimiter != "", f"{path}.delimiter", "must be a non-empty string, e.g. ',' or '\\n'")
         _require(self.temperature > 0, f"{path}.temperature", f"must be > 0 (labels need varied continuations), "
                  f"got {self.temperature}")
-        _require(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0 < self.heldout_fraction < 1, f"{path}.heldout_fraction",
                  f"must be in (0, 1), got {self.heldout_fraction}")
 

@@ -220,10 +220,10 @@ class Evaluator:
         for start in range(0, len(prompts), self.problems_per_call):
             roll, golds = self.sample(params, self._batch(prompts, start))
             scores = score(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask, golds)
-            process_scores = (self.prm_scores(roll.prompt_tokens, roll.prompt_mask, roll.tokens, roll.completion_mask)
-                              if self.prm_scores else jnp.zeros(roll.truncated.shape))
-            tokens, mask, truncated, scores, process_scores = gather_rows(
-                (roll.tokens, roll.completion_mask, roll.truncated, scores, process_scores))
+            tokens, mask, truncated, scores = gather_rows((roll.tokens, roll.completion_mask, roll.truncated, scores))
+            if self.prm_scores:
+                process_scores = gather_rows(self.prm_scores(roll.prompt_tokens, roll.prompt_mask, roll.tokens,
+                                                             roll.completion_mask))
             passed = verdicts(scores, columns, columns[:reward_columns], eval_set.accuracy_reward)
             rewards = np.asarray(combine_rewards(scores[:, :reward_columns], weights), np.float64)  # NaN: none apply
             for problem in range(start, min(start + self.problems_per_call, len(prompts))):

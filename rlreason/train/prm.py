@@ -4,9 +4,9 @@
    a model directory or a `rlreason train` checkpoint), temperature `prm.temperature`.
 2. Split them into steps at `prm.delimiter` and label each step by `prm.num_rollouts` continuations of its prefix
    that `grpo.accuracy_reward` verifies (rlreason.search.step_labels), a chunk of completions at a time.
-3. Train the policy's transformer with a scalar head (rlreason.search.prm) on the soft labels: `prm.steps` AdamW
-   updates of `prm.batch_size` completions, from the policy's weights and a zero head. The completions of the
-   last `prm.heldout_fraction` of the prompts are held out.
+3. Train the policy's transformer with a scalar head (rlreason.search.prm) on the soft labels: `prm.steps`
+   updates by `prm.optim` (rlreason.train.optim) of `prm.batch_size` completions, from the policy's weights and
+   a zero head. The completions of the last `prm.heldout_fraction` of the prompts are held out.
 
 Writes to OUT:
   model/          the PRM's transformer, a model directory (rlreason sample, eval, convert read it)
@@ -45,6 +45,7 @@ from rlreason.storage import storage_path
 from rlreason.tokenizers import Tokenizer
 from rlreason.train.commands import evaluated_model
 from rlreason.train.jsonl import write_rows
+from rlreason.train.optim import make_optimizer
 from rlreason.verifiers.base import get_reward_fn
 from rlreason.verifiers.bridge import detokenize
 
@@ -134,10 +135,10 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
 
 
 def train_prm(params, rows: PRMRows, cfg: Config, model_cfg: ModelConfig, show_progress: bool):
-    """(the trained transformer, head, the last update's loss): `prm.steps` AdamW updates on minibatches of
+    """(the trained transformer, head, the last update's loss): `prm.steps` updates by prm.optim on minibatches of
     `prm.batch_size` rows, each epoch in a fresh order drawn from train.seed."""
     settings = cfg.prm
-    optimizer = optax.adamw(settings.learning_rate)
+    optimizer, _ = make_optimizer(settings.optim, settings.steps)
     trained = {"model": params, "head": init_head(model_cfg)}
 
     def loss_fn(trained, batch: PRMRows):

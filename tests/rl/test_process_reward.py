@@ -68,7 +68,7 @@ def trained_prm(tiny_base_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("prm")
     prm(tiny_config("grpo.rewards=[{name: gsm8k_last_number}]", "grpo.accuracy_reward=gsm8k_last_number",
                     "prm.num_prompts=4", "prm.num_samples=2", "prm.num_rollouts=2", "prm.steps=10",
-                    "prm.batch_size=4", "prm.learning_rate=1e-3"), str(tiny_base_model), str(out), show_progress=False)
+                    "prm.batch_size=4", "prm.optim.learning_rate=1e-3"), str(tiny_base_model), str(out), show_progress=False)
     return out
 
 

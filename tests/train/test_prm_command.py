@@ -36,7 +36,7 @@ ROLLOUTS = 4
 # completion labels its steps instead.
 SETTINGS = ["grpo.rewards=[{name: gsm8k_last_number}]", "grpo.accuracy_reward=gsm8k_last_number",
             "prm.num_prompts=12", "prm.num_samples=4", f"prm.num_rollouts={ROLLOUTS}", "prm.max_steps=4",
-            "prm.steps=40", "prm.batch_size=8", "prm.learning_rate=1e-3"]
+            "prm.steps=40", "prm.batch_size=8", "prm.optim.learning_rate=1e-3"]
 
 
 @pytest.fixture(scope="module")
