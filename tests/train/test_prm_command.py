@@ -22,7 +22,8 @@ from rlreason.models.store import load_model
 from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules
 from rlreason.sampling.sampler import SamplingParams, generate_groups
-from rlreason.search.beam import step_beam_search
+from rlreason.search.beam import beam_search
+from rlreason.search.continuation import padded_rows
 from rlreason.search.prm import completion_scores, load_prm, prm_scorer, step_logits
 from rlreason.search.steps import delimiter_table, split_steps
 from rlreason.tokenizers.templates import render_prompt
@@ -85,10 +86,12 @@ def test_the_saved_prm_reads_back_and_scores_search_steps(prm_run, tiny_base_mod
     score = prm_scorer(params, head, model_cfg)
     expected = jax.nn.sigmoid(step_logits(params, head, *tokens, model_cfg)[0, -1])
     np.testing.assert_allclose(score(*map(np.asarray, tokens)), [expected], rtol=1e-6)
-    found = step_beam_search(params, model_cfg, tokenizer, prompt, score, delimiter_table(tokenizer, ","),
-                             beam=2, expand=2, max_steps=3, max_step_tokens=8,
-                             sampling=SamplingParams(max_new_tokens=8), rng=jax.random.key(0))
-    assert found and all(0 <= token < model_cfg.vocab_size for token in found)
+    found = beam_search(params, model_cfg, tokenizer, [prompt], score, delimiter_table(tokenizer, ","), beam=2,
+                        expand=2, max_steps=3, max_step_tokens=8, sampling=SamplingParams(max_new_tokens=8),
+                        keys=jax.random.key(0)[None])[0]
+    assert found.completion and all(0 <= token < model_cfg.vocab_size for token in found.completion)
+    assert found.score == pytest.approx(float(score(*padded_rows([prompt + found.completion], len(prompt) + 24,
+                                                                  tokenizer.pad_id))[0]), rel=1e-5)
 
 
 def test_a_prm_needs_a_prompt_to_train_on_and_one_to_measure():
