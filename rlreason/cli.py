@@ -38,6 +38,9 @@ COMMANDS = {
     "prm": "train a process reward model on Math-Shepherd step labels of a model's own samples (--model), each step "
            "labelled by verified continuations of its prefix; writes OUT/model, OUT/prm_head.npz, labels and a "
            "held-out summary (--out DIR)",
+    "search": "test-time search with the PRM of eval.prm: plain samples (pass@k, maj@k, best-of-k, PRM voting), "
+              "step-level beam search and MCTS on eval.sets[0], accuracy against generated tokens; with "
+              "search.train_problems, MCTS expert-iteration SFT rows (--model, --out DIR)",
     "pipeline": "run a pipeline file (configs/pipelines/): stages such as pretrain, sft, grpo, generate, star in "
                 "order, each evaluated, resumable stage by stage, with a report of every stage's before and after",
     "eval": "pass@1 / pass@k / maj@k / format rate of a model directory or a train checkpoint on eval.sets (the "
@@ -106,6 +109,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                                  help="the policy: a model directory, or a checkpoint of rlreason train (as for eval)")
             command.add_argument("--out", required=True, help="the PRM's folder (model/, prm_head.npz, labels.jsonl, "
                                                               "summary.json)")
+        if name == "search":
+            command.add_argument("--model", required=True,
+                                 help="the policy: a model directory, or a checkpoint of rlreason train (as for eval)")
+            command.add_argument("--out", required=True, help="the folder of search.json, search.md, search.png, "
+                                                              "per-method rows and mcts_sft.jsonl")
         if name == "star":
             command.add_argument("--model", required=True, help="the base model directory")
             command.add_argument("--out", required=True,
@@ -226,6 +234,25 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         print(f"prm: {summary['labelled_steps']} labelled steps of {summary['completions']} completions (mean soft "
               f"label {summary['mean_soft_label']:.3f}); held-out loss {before['loss']:.4f} -> {after['loss']:.4f}, "
               f"step accuracy {before['step_accuracy']:.3f} -> {after['step_accuracy']:.3f}; PRM in {args.out}")
+    elif args.command == "search":
+        from rlreason.train.search import search
+
+        summary = search(cfg, args.model, args.out, show_progress)
+        plain = summary["sampling"][-1]
+        print(f"search on {summary['problems']} problems: {plain['k']} samples lenient pass@1 "
+              f"{summary['sampling'][0]['pass@k_lenient']:.3f}, maj@{plain['k']} {plain['maj@k_lenient']:.3f} "
+              f"({plain['tokens']:.0f} tokens / problem)")
+        for point in summary["search"]:
+            baseline = point["maj_at_budget_lenient"]
+            versus = "beyond the samples" if baseline is None else \
+                f"maj@{point['maj_k_at_budget_lenient']} {baseline:.3f} at that budget"
+            print(f"  {point['method']} {point['setting']}: lenient {point['lenient']:.3f}, strict "
+                  f"{point['strict']:.3f} ({point['tokens']:.0f} tokens / problem; {versus})")
+        if "expert_iteration" in summary:
+            rows = summary["expert_iteration"]
+            print(f"  expert iteration: {rows['rows']} SFT rows for {rows['problems_with_rows']} of "
+                  f"{rows['problems']} training problems in {args.out}/mcts_sft.jsonl")
+        print(f"tables {args.out}/search.md, plot {args.out}/search.png")
     elif args.command == "sample":
         from rlreason.train.commands import run_sample
 

@@ -664,6 +664,39 @@ class EvalSetConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """`rlreason search` (rlreason.train.search): on the first of eval.sets, the plain samples of the evaluation
+    (eval.num_samples at eval.temperature) against step-level beam search of each width in beam_widths
+    (beam_expand next steps per beam) and MCTS of each count in simulations (mcts_expand samples per expansion,
+    exploration c_puct), both guided by the PRM of eval.prm, steps of at most max_step_tokens tokens, at most
+    max_steps of them. train_problems > 0: MCTS valued by num_rollouts verified rollouts (train_simulations
+    rounds) on that many training problems writes sft_per_problem expert-iteration rows per solved problem."""
+
+    beam_widths: tuple[int, ...] = (1, 2, 4)
+    beam_expand: int = 4
+    simulations: tuple[int, ...] = (4, 8, 16)
+    mcts_expand: int = 4
+    c_puct: float = 1.0
+    max_steps: int = 8
+    max_step_tokens: int = 16
+    train_problems: int = 0
+    train_simulations: int = 16
+    num_rollouts: int = 2
+    sft_per_problem: int = 1
+
+    def validate(self, path: str) -> None:
+        for key in ("beam_widths", "simulations"):
+            values = getattr(self, key)
+            _require(all(value >= 1 for value in values), f"{path}.{key}", f"must hold counts >= 1, got {list(values)}")
+        for key in ("beam_expand", "mcts_expand", "max_steps", "max_step_tokens", "train_simulations",
+                    "num_rollouts", "sft_per_problem"):
+            _require(getattr(self, key) >= 1, f"{path}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.train_problems >= 0, f"{path}.train_problems",
+                 f"must be >= 0 (0: no expert-iteration rows), got {self.train_problems}")
+        _require(self.c_puct >= 0, f"{path}.c_puct", f"must be >= 0, got {self.c_puct}")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """`rlreason eval` and the evaluation every train.eval_every steps (rlreason.train.evaluate)."""
 
@@ -701,6 +734,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
+    search: SearchConfig = SearchConfig()
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
 

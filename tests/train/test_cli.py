@@ -13,7 +13,8 @@ REQUIRED_OPTIONS = {"pretrain": ["--out", "runs/base"], "eval": ["--model", "run
                     "sample": ["--model", "runs/base", "--prompt", "What is 3+4?"],
                     "generate": ["--model", "runs/base", "--out", "runs/kept.jsonl"],
                     "star": ["--model", "runs/base", "--out", "runs/star"],
-                    "prm": ["--model", "runs/base", "--out", "runs/prm"]}
+                    "prm": ["--model", "runs/base", "--out", "runs/prm"],
+                    "search": ["--model", "runs/base", "--out", "runs/search"]}
 OVERRIDES = ["train.steps=40", "sampling.temperature=0"]
 
 
