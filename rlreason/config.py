@@ -416,6 +416,9 @@ class GRPOConfig:
     off_policy_mask_low: float = 0.99
     off_policy_mask_high: float = 1.01
     rollout_dtype: Literal["model", "float32", "bfloat16"] = "model"  # compute dtype of sampling only
+    # Where the groups come from: the compiled sampler, or MCTS valued by verified rollouts with the search.*
+    # settings (rlreason.search.rollouts: the distinct completions the search found, filled up with samples).
+    rollout_source: Literal["sampler", "mcts"] = "sampler"
     # Reference policy: frozen, or (sync_ref_model) every ref_model_sync_steps steps
     # ref <- alpha * policy + (1 - alpha) * ref (TRL's names and defaults).
     sync_ref_model: bool = False
@@ -680,7 +683,8 @@ class SearchConfig:
     max_steps: int = 8
     max_step_tokens: int = 16
     train_problems: int = 0
-    train_simulations: int = 16
+    train_simulations: int = 16  # also the rounds of each prompt's search when grpo.rollout_source=mcts
+    delimiter: str = ","  # where steps end for grpo.rollout_source=mcts (rlreason search takes its PRM's)
     num_rollouts: int = 2
     sft_per_problem: int = 1
 
@@ -694,6 +698,7 @@ class SearchConfig:
         _require(self.train_problems >= 0, f"{path}.train_problems",
                  f"must be >= 0 (0: no expert-iteration rows), got {self.train_problems}")
         _require(self.c_puct >= 0, f"{path}.c_puct", f"must be >= 0, got {self.c_puct}")
+        _require(self.delimiter != "", f"{path}.delimiter", "must be a non-empty string, e.g. ',' or '\\n'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -757,6 +762,14 @@ class Config:
 
         _require(not (self.lora.rank and self.grpo.sync_ref_model), "grpo.sync_ref_model",
                  "must be false with lora.rank > 0: the reference policy of a LoRA run is the frozen base itself")
+        if self.grpo.rollout_source == "mcts":
+            _require(self.distributed.num_processes <= 1, "grpo.rollout_source",
+                     "must be 'sampler' in a multi-process run: MCTS rollouts are searched on one host")
+            _require(self.grpo.dynamic_sampling != "refill" and not self.sampling.tools.enabled, "grpo.rollout_source",
+                     "must be 'sampler' with grpo.dynamic_sampling=refill or sampling.tools: MCTS rollouts support "
+                     "neither")
+            _require(self.sampling.temperature > 0, "sampling.temperature",
+                     "must be > 0 with grpo.rollout_source=mcts: greedy expansions give every node one child")
 
     def _validate_eval_best_metric(self) -> None:
         """An evaluation metric as checkpoint.best_metric needs evaluations, at the steps checkpoints are saved."""

@@ -441,13 +441,34 @@ def refill_phases(rollout: Callable, score: Callable, learn: Callable, groups_wi
     return step
 
 
-def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool, refill: Refill | None = None
-                 ) -> Callable:
+def search_phases(search_rollout: Callable, score: Callable, learn: Callable, group_size: int,
+                  policy: Callable) -> Callable:
+    """The step with rollouts from a search on the host (rlreason.search.rollouts): `search_rollout(params, batch,
+    rng) -> (Rollout, SearchStats)`, then the compiled score and learn phases; the search's figures join the
+    step's metrics."""
+
+    def step(state: TrainState, batch):
+        rng, sample_rng = jax.random.split(state.rng)
+        roll, stats = search_rollout(policy(state), batch, sample_rng)
+        rewards_per_function = score(roll, jnp.repeat(batch["gold_bytes"], group_size, axis=0))
+        state, metrics, advantages = learn(state.replace(rng=rng), roll, rewards_per_function)
+        metrics.update({"search/rows_per_group": stats.search_rows, "search/tokens_per_prompt": stats.tokens_generated})
+        return state, metrics, Samples(roll, rewards_per_function, advantages)
+
+    return step
+
+
+def compile_grpo(functions: GRPOFunctions, group_size: int, split_step: bool, refill: Refill | None = None,
+                 search_rollout: Callable | None = None) -> Callable:
     """The step as compiled code: one jitted program, or (split_step) three chained ones, or (refill) the
-    compiled phases driven by dynamic sampling.
+    compiled phases driven by dynamic sampling, or (search_rollout) the compiled score and learn phases after a
+    search on the host.
 
     Either way the state buffers are donated and the result is the same function of (state, batch).
     """
+    if search_rollout is not None:
+        return search_phases(search_rollout, jax.jit(functions.score), jax.jit(functions.learn, donate_argnums=0),
+                             group_size, functions.policy)
     if refill is not None:
         return refill_phases(jax.jit(functions.rollout), jax.jit(functions.score),
                              jax.jit(functions.learn, donate_argnums=0), jax.jit(functions.groups_with_spread),

@@ -56,6 +56,7 @@ from rlreason.rl.step import (GRPOFunctions, ProcessReward, Refill, TrainState, 
                               make_grpo_functions)
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.search.prm import check_same_tokenizer, load_prm
+from rlreason.search.rollouts import make_search_rollout
 from rlreason.search.steps import delimiter_table
 from rlreason.sampling.tools import make_tool_turns
 from rlreason.storage import is_url, storage_path
@@ -231,7 +232,11 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     prompt_batch = lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules)  # noqa: E731
     refill = (Refill(lambda: prompt_batch(next(batches)), grpo.max_sampling_draws)
               if grpo.dynamic_sampling == "refill" else None)
-    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step, refill)
+    search_rollout = None
+    if grpo.rollout_source == "mcts":
+        search_rollout = make_search_rollout(model_cfg, tokenizer, cfg.search, SamplingParams.from_config(cfg.sampling),
+                                             grpo.accuracy_reward, grpo.num_generations, mesh, rules)
+    step_fn = compile_grpo(functions, grpo.num_generations, cfg.train.split_step, refill, search_rollout)
     return Trainer(cfg, tokenizer, model_cfg, mesh, state, functions, step_fn, batches, prompts.skipped_rows,
                    prompt_batch)
 
