@@ -81,6 +81,13 @@ DOCUMENT_SETTINGS = {
     "docs/sft.md": ["task.min_digits=1", "task.max_digits=1", "pretrain.steps=200", "pretrain.batch_size=32", "pretrain.seq_len=44",
                     "sampling.max_completion_length=40", "generate.temperature=0.5", "generate.num_prompts=64",
                     "sft.seq_len=96"],
+    # The search demo at the size of a smoke test: a few PRM updates, one beam width, one MCTS size; the base
+    # model (as sft.md's) sometimes right, so that expert iteration has verified rows to train on.
+    "docs/search.md": ["task.min_digits=1", "task.max_digits=1", "pretrain.steps=200", "pretrain.batch_size=32",
+                       "pretrain.seq_len=44", "sampling.max_completion_length=40", "sft.seq_len=96",
+                       "prm.num_prompts=8", "prm.num_samples=2", "prm.num_rollouts=2", "prm.steps=4",
+                       "search.beam_widths=[1]", "search.simulations=[2]", "search.max_steps=3",
+                       "search.max_step_tokens=12", "search.train_problems=32", "search.train_simulations=6"],
     # Room for a calculator result: the tiny tokenizer spends 13 tokens on "<result></result>" alone.
     "docs/tools.md": ["sampling.max_completion_length=32"],
 }
@@ -184,6 +191,8 @@ SLOW_DOCUMENTS = {
                     "the merged export in transformers)",
     "docs/parallel.md": "tests/parallel (meshes, benches on 8 devices, local multi-process training)",
     "docs/real-models.md": "tests/models (SmolLM2 GGUF conversion, sampling, a GRPO step, export to HF)",
+    "docs/search.md": "tests/train/test_search_command.py, test_prm_command.py, tests/search (the PRM, beam search, "
+                      "MCTS and the search command on a tiny model)",
     "docs/sft.md": "tests/train/test_sft.py, test_generate.py, test_star.py, test_pipeline.py (SFT, rejection "
                    "sampling, STaR rounds, a pipeline stopped and resumed)",
 }
