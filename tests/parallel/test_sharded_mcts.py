@@ -1,5 +1,6 @@
-"""MCTS with the sampler's rows split over 8 CPU devices (params sharded too) searches as on one device: each
-leaf's samples depend on its tree's and round's key alone, not on where its row runs."""
+"""MCTS and step-level beam search with the sampler's rows split over 8 CPU devices (params sharded too) search as
+on one device: each leaf's (beam's) samples depend on its tree's (problem's) and round's key alone, not on where
+its row runs."""
 
 from __future__ import annotations
 
@@ -22,3 +23,7 @@ def test_sharded_search_equals_single_device_search(tmp_path, run_python):
     # The trees differ between problems: the comparison covers more than one search repeated.
     assert len({json.dumps(run["tree"]) for run in single}) > 1
     assert sum(len(run["tree"]) for run in single) > 8 * 3
+    # Beam search: the same completions, scores and costs.
+    assert len(runs["beam_single"]) == len(runs["beam_sharded"]) == 8
+    assert runs["beam_single"] == runs["beam_sharded"]
+    assert len({tuple(run["completion"]) for run in runs["beam_single"]}) > 1
