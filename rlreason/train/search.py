@@ -59,12 +59,11 @@ from rlreason.tokenizers import Tokenizer
 from rlreason.train.commands import evaluated_model
 from rlreason.train.evaluate import Evaluator, scored_functions
 from rlreason.train.jsonl import write_rows
-from rlreason.train.test_time import METHOD_NAMES, VERDICTS, sample_curves
+from rlreason.train.test_time import METHOD_NAMES, METHODS, VERDICTS, sample_curves
 from rlreason.verifiers.base import get_reward_fn
 from rlreason.verifiers.bridge import detokenize, make_scorer
 from rlreason.verifiers.lenient import verdicts
 
-SAMPLE_METHODS = ("pass", "maj", "best", "prm_best", "prm_vote")  # what the plain samples give (test_time)
 SEARCH_METHODS = {"beam": "PRM beam search", "mcts": "MCTS (PRM values)"}
 
 
@@ -118,7 +117,7 @@ def with_baselines(points: list[dict], samples: list[dict]) -> list[dict]:
 
 def markdown(samples: list[dict], points: list[dict]) -> list[str]:
     """search.md's tables: the plain samples' curves by k, then the searches with maj@k at their budget."""
-    methods = [method for method in SAMPLE_METHODS if f"{method}@k_lenient" in samples[0]]
+    methods = [method for method in METHODS if f"{method}@k_lenient" in samples[0]]
     lines = ["| k | tokens / problem | " + " | ".join(f"{METHOD_NAMES[method]}, {verdict}" for verdict in VERDICTS
                                                      for method in methods) + " |",
              "| --- | --- |" + " --- |" * (len(methods) * len(VERDICTS))]
@@ -145,7 +144,7 @@ def plot(samples: list[dict], points: list[dict], path, title: str) -> None:
     axis = figure.subplots()
     styles = dict(zip(VERDICTS, ("-", "--")))
     color = 0
-    for method in SAMPLE_METHODS:
+    for method in METHODS:
         if f"{method}@k_lenient" not in samples[0]:
             continue
         for verdict, style in styles.items():
