@@ -59,7 +59,7 @@ from rlreason.tokenizers import Tokenizer
 from rlreason.train.commands import evaluated_model
 from rlreason.train.evaluate import Evaluator, scored_functions
 from rlreason.train.jsonl import write_rows
-from rlreason.train.test_time import METHOD_NAMES, METHODS, VERDICTS, sample_curves
+from rlreason.train.test_time import METHOD_NAMES, METHODS, VERDICTS, sample_curves, save_accuracy_plot
 from rlreason.verifiers.base import get_reward_fn
 from rlreason.verifiers.bridge import detokenize, make_scorer
 from rlreason.verifiers.lenient import verdicts
@@ -157,14 +157,7 @@ def plot(samples: list[dict], points: list[dict], path, title: str) -> None:
             axis.plot([point["tokens"] for point in mine], [point[verdict] for point in mine], style, marker="s",
                       markersize=4, color=f"C{color}", label=f"{name}, {verdict}")
         color += 1
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("generated tokens per problem")
-    axis.set_ylabel("accuracy")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path)
+    save_accuracy_plot(figure, axis, title, path)
 
 
 def gold_verifier(cfg: Config, prompts: PromptSet, tokenizer: Tokenizer) -> Callable[[int, str], float]:

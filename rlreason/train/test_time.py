@@ -252,6 +252,11 @@ def plot_test_time_compute(samples: list[dict], budgets: list[dict], path: Path,
     for verdict, style in styles.items():
         axis.plot([point["tokens"] for point in budgets], [point[verdict] for point in budgets], style, marker="s",
                   markersize=3, color=f"C{len(METHODS)}", label=f"1 sample, budget B, {verdict}")
+    save_accuracy_plot(figure, axis, title, path)
+
+
+def save_accuracy_plot(figure: Figure, axis, title: str, path: Path) -> None:
+    """Finishes an accuracy-against-generated-tokens plot (log-scale tokens, a legend) and writes it as a PNG."""
     axis.set_xscale("log", base=2)
     axis.set_xlabel("generated tokens per problem")
     axis.set_ylabel("accuracy")
