@@ -213,6 +213,12 @@ class SearchResult:
     root: Node
 
 
+def finished_nodes(result: SearchResult) -> list[Node]:
+    """The search's finished completions' nodes in training order: the chosen one (if finished), then every
+    evaluated terminal, most visited first (the chosen one may appear twice: callers drop repeats)."""
+    return ([result.node] if result.finished else []) + result.found
+
+
 @dataclasses.dataclass(frozen=True)
 class PRMEvaluator:
     """Values from a process reward model: `score(tokens [R, W], mask [R, W]) -> [R]` on the left-padded prompt
@@ -319,7 +325,7 @@ def verified_completions(results: list[SearchResult], tokenizer: Tokenizer, veri
     per_problem = []
     for problem, result in enumerate(results):
         seen, kept = set(), []
-        for node in ([result.node] if result.finished else []) + result.found:
+        for node in finished_nodes(result):
             ids = node.completion()
             text = detokenize(tokenizer, np.asarray(ids, np.int64), np.ones(len(ids), bool))
             if text.strip() not in seen:

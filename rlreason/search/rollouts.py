@@ -25,7 +25,7 @@ from rlreason.config import ModelConfig, SearchConfig
 from rlreason.parallel.rules import AXIS_RULES, Rules, rows_sharding
 from rlreason.sampling.sampler import Rollout, SamplingParams
 from rlreason.search.continuation import continue_sequences
-from rlreason.search.mcts import RolloutEvaluator, mcts_search
+from rlreason.search.mcts import RolloutEvaluator, finished_nodes, mcts_search
 from rlreason.search.steps import delimiter_table
 from rlreason.tokenizers import Tokenizer
 from rlreason.verifiers.base import get_reward_fn
@@ -76,7 +76,7 @@ def search_completions(results, group_size: int) -> list[list[Sampled]]:
     groups = []
     for result in results:
         seen, found = set(), []
-        for node in ([result.node] if result.finished else []) + result.found:
+        for node in finished_nodes(result):
             ids = tuple(node.completion())
             if ids not in seen and len(found) < group_size:
                 seen.add(ids)
