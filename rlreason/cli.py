@@ -171,6 +171,9 @@ def _exit_now_if_distributed(code: int) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
+    from rlreason.train.compile_cache import cache_counts, use_compilation_cache
+
+    use_compilation_cache(cfg.train.compilation_cache_dir)
     show_progress = not args.quiet
     if args.command == "demo":
         from rlreason.train.demo import run_demo
@@ -199,8 +202,11 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
             return stop.exit_code
         if is_main_process():
             out_dir = storage_path(cfg.train.out_dir)
+            programs = cache_counts()
             print(f"{args.command}: {cfg.train.steps} steps done. model {out_dir / 'model'}; metrics "
-                  f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}")
+                  f"{out_dir / 'metrics.jsonl'}; samples {out_dir / 'samples.jsonl'}; checkpoints {checkpoint_dir(cfg)}"
+                  f"; XLA programs: {programs['compiled']} compiled, {programs['loaded']} loaded from the "
+                  f"compilation cache")
     elif args.command == "eval":
         from rlreason.train.commands import run_eval
 

@@ -369,6 +369,10 @@ class RewardConfig:
     weight: float = 1.0
 
 
+# The reward functions with a token-level version (rlreason.verifiers.tokens.TOKEN_REWARDS) for grpo.scoring=jax.
+TOKEN_SCORED_REWARDS = ("r1_format", "exact_answer")
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """GRPO-family knobs, named as in TRL / Tunix / verl so that results compare (docs/algorithms.md).
@@ -428,6 +432,11 @@ class GRPOConfig:
     reward_control: Literal["none", "shuffle", "bernoulli", "format_only"] = "none"
     rewards: tuple[RewardConfig, ...] = (RewardConfig("r1_format"), RewardConfig("exact_answer"))
     accuracy_reward: str = "exact_answer"  # the reward whose value 1 means "correct" (accuracy, pass@k)
+    # callback: the text verifiers run on the host (any reward function). jax: their token-level versions run
+    # inside the step (rlreason.verifiers.tokens; TOKEN_SCORED_REWARDS only), so the step holds no host callback
+    # and JAX's persistent compilation cache keeps it: a restarted run does not compile it again. Its training
+    # metrics then lack accuracy_lenient (no lenient check runs on tokens); evaluations still report it.
+    scoring: Literal["callback", "jax"] = "callback"
     # Process supervision (rlreason.rl.advantages.process_advantages): a `rlreason prm` folder whose PRM scores
     # every step of the rollouts; the group-normalised step scores, summed from each token to the end, are added
     # to the outcome advantage times process_reward_weight. Empty: outcome rewards only.
@@ -439,6 +448,12 @@ class GRPOConfig:
     optim: OptimConfig = OptimConfig(learning_rate=1e-4, warmup_steps=5, schedule="constant")
 
     def validate(self, path: str) -> None:
+        if self.scoring == "jax":
+            for key, name in [(f"{path}.rewards[{index}].name", reward.name) for index, reward in enumerate(self.rewards)
+                              ] + [(f"{path}.accuracy_reward", self.accuracy_reward)]:
+                _require(name in TOKEN_SCORED_REWARDS, key,
+                         f"must have a token-level version with {path}.scoring=jax ({', '.join(TOKEN_SCORED_REWARDS)}),"
+                         f" got {name!r}; set {path}.scoring=callback to score it on the host")
         _require(self.reward_control == "none" or not self.normalize_rewards_per_function, f"{path}.reward_control",
                  f"must be 'none' with {path}.normalize_rewards_per_function: a control replaces the combined "
                  f"reward, while GDPO normalizes each function's column; got {self.reward_control!r}")
@@ -596,6 +611,9 @@ class TrainConfig:
     report_to: tuple[Literal["tensorboard", "wandb"], ...] = ("tensorboard",)
     wandb_project: str = "rlreason"
     wandb_mode: Literal["offline", "online"] = "offline"  # offline: synced later with `wandb sync`
+    # JAX's persistent compilation cache (rlreason.train.compile_cache): a restarted run loads its compiled
+    # programs from here instead of compiling them. Local or gs://; empty: JAX's own JAX_COMPILATION_CACHE_DIR.
+    compilation_cache_dir: str = "~/.cache/rlreason/xla"
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size", "max_nonfinite_steps"):

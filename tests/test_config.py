@@ -42,6 +42,14 @@ def test_cross_field_validation():
         load_config(None, ["grpo.accuracy_reward=gsm8k"])
 
 
+def test_token_scoring_refuses_rewards_without_a_token_version():
+    assert load_config(None, ["grpo.scoring=jax"]).grpo.scoring == "jax"  # the default rewards have one
+    with pytest.raises(ConfigError, match=r"'grpo.rewards\[1\].name' must have a token-level version with "
+                                          r"grpo.scoring=jax \(r1_format, exact_answer\), got 'gsm8k'"):
+        load_config(None, ["grpo.scoring=jax", "grpo.rewards=[{name: r1_format}, {name: gsm8k}]",
+                           "grpo.accuracy_reward=gsm8k"])
+
+
 def test_overrides_apply_and_file_errors_name_the_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("grpo:\n  beta: 0.04\ntrain: {steps: 3}\n")

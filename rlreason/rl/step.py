@@ -361,7 +361,9 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         metrics.update(reward_metrics(rewards_per_function[:, :num_rewards], reward_names[:num_rewards]))
         passed = verdicts(rewards_per_function, reward_names, reward_names[:num_rewards], accuracy_reward)
         metrics.update(accuracy=jnp.mean(passed["answer"]), accuracy_strict=jnp.mean(passed["strict"]),
-                       accuracy_lenient=jnp.mean(passed["lenient"]), format_rate=jnp.mean(passed["format"]))
+                       format_rate=jnp.mean(passed["format"]))
+        if "lenient" in passed:  # not when scored on tokens (grpo.scoring=jax)
+            metrics["accuracy_lenient"] = jnp.mean(passed["lenient"])
         return metrics
 
     def groups_with_spread(rewards_per_function) -> jax.Array:

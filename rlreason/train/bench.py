@@ -26,6 +26,7 @@ from rlreason.models.store import save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.memory import max_device_bytes
 from rlreason.progress import progress_bar
+from rlreason.train.compile_cache import cache_counts
 from rlreason.train.flops import grpo_step_flops, run_peak_flops
 from rlreason.train.loop import build_trainer
 from rlreason.train.pretrain import corpus_texts, tokenizer_for
@@ -125,6 +126,9 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "params_plus_opt_bytes_one_device": state_bytes["params_total"] + state_bytes["opt_state_total"],
         "lora_base_bytes_per_device": state_bytes["base"],  # the frozen (maybe quantized) base; 0 without LoRA
         "loadavg_1m": os.getloadavg()[0],
+        # Programs this process compiled and loaded from the persistent cache: a warm rerun compiles none.
+        "programs_compiled": cache_counts()["compiled"],
+        "programs_loaded_from_cache": cache_counts()["loaded"],
     }
     print(f"GRPO step on {result['device']}, mesh {result['mesh']}, {rows} rollouts/step "
           f"(median of {TIMED_STEPS} steps after compile)")
@@ -140,6 +144,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
     print(f"  per-device params {state_bytes['params']:,} B + optimizer {state_bytes['opt_state']:,} B "
           f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)"
           + (f"; the LoRA base {state_bytes['base']:,} B" if state_bytes["base"] else ""))
+    print(f"  XLA programs: {result['programs_compiled']} compiled, {result['programs_loaded_from_cache']} loaded "
+          f"from the compilation cache ({jax.config.jax_compilation_cache_dir or 'none set'})")
     busy = result["loadavg_1m"] > (os.cpu_count() or 1)
     print(f"  1-min load average {result['loadavg_1m']:.2f}"
           + (" (above the core count: other work competed, figures are pessimistic)" if busy else ""))

@@ -71,6 +71,7 @@ from rlreason.train.preflight import check_batch_geometry, check_best_metric, ch
 from rlreason.train.writers import open_writers
 from rlreason.verifiers.bridge import make_scorer, take_verifier_metrics
 from rlreason.verifiers.lenient import metric_only_functions
+from rlreason.verifiers.tokens import TOKEN_REWARDS, make_token_scorer
 
 SAMPLES_PER_LOG = 4
 TIMING_KEYS = ("step_time_s", "tokens_per_s", "mfu")  # the metrics that differ between runs computing the same thing
@@ -213,13 +214,18 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
     rows_layout = lambda tree: jax.tree.map(  # noqa: E731
         lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
     # Scored after the rewards, for the strict / lenient accuracy metrics only (weight 0, never in the reward).
+    # Scored on tokens (grpo.scoring=jax), only those with a token-level version: no lenient check.
     scored = grpo.rewards + tuple(RewardConfig(name, weight=0.0) for name in metric_only_functions(
-        [reward.name for reward in grpo.rewards], grpo.accuracy_reward))
+        [reward.name for reward in grpo.rewards], grpo.accuracy_reward)
+        if grpo.scoring == "callback" or name in TOKEN_REWARDS)
+    if grpo.scoring == "jax":
+        scorer = make_token_scorer(tokenizer, [reward.name for reward in scored])
+    else:
+        scorer = make_scorer(tokenizer, scored, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
+                             deadline_s=grpo.verifier_batch_deadline_s, memory_limit_mb=grpo.verifier_memory_mb,
+                             raise_pool_errors=False)
     functions = make_grpo_functions(
-        grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer,
-        make_scorer(tokenizer, scored, grpo.verifier_timeout_s, mesh=mesh, rules=rules,
-                    deadline_s=grpo.verifier_batch_deadline_s, memory_limit_mb=grpo.verifier_memory_mb,
-                    raise_pool_errors=False),
+        grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer, scorer,
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer), row_sharding=rows_layout,

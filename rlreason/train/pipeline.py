@@ -37,6 +37,7 @@ from rlreason.parallel.mesh import make_mesh
 from rlreason.parallel.rules import axis_rules
 from rlreason.storage import storage_path
 from rlreason.train.commands import model_eval_metrics
+from rlreason.train.compile_cache import use_compilation_cache
 from rlreason.train.distill import distill
 from rlreason.train.generate import generate
 from rlreason.train.jsonl import write_rows
@@ -145,6 +146,8 @@ def run_pipeline(path: str, overrides: list[str]) -> tuple[list[dict], epath.Pat
     """Runs (or resumes) every stage; returns (their records, the stage.json contents; the report's path)."""
     pipeline = load_pipeline(path)
     configs = stage_configs(pipeline, overrides)
+    # JAX fixes the cache directory at its first compilation: the first stage's setting serves the whole run.
+    use_compilation_cache(configs[pipeline.stages[0].name].train.compilation_cache_dir)
     out_dir = storage_path(pipeline.out_dir)
     records: list[dict] = []
     for number, stage in enumerate(pipeline.stages, start=1):

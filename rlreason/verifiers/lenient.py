@@ -150,12 +150,13 @@ def metric_only_functions(reward_names: Sequence[str], accuracy_reward: str) -> 
 def verdicts(scores, columns: Sequence[str], reward_names: Sequence[str], accuracy_reward: str) -> dict:
     """Per-row bool arrays [B] from per-function scores [B, len(columns)] (numpy or JAX; NaN counts as wrong):
     `answer` the accuracy reward alone is 1, `strict` also every format reward among `reward_names` is 1,
-    `lenient` the lenient version or the accuracy reward is 1 (so lenient >= answer >= strict, row by row),
-    `format` format compliance is 1.
+    `lenient` the lenient version or the accuracy reward is 1 (so lenient >= answer >= strict, row by row;
+    absent when `columns` lacks the lenient version, as in a step scored on tokens), `format` format compliance
+    is 1.
 
-    Raises ValueError naming a function that `columns` lacks (see `accuracy_functions`).
+    Raises ValueError naming the format-compliance or accuracy function if `columns` lacks it.
     """
-    missing = [name for name in accuracy_functions(accuracy_reward) if name not in columns]
+    missing = [name for name in (FORMAT_COMPLIANCE, accuracy_reward) if name not in columns]
     if missing:
         raise ValueError(f"the scores have no column for {', '.join(missing)} (columns: {', '.join(columns)}); "
                          f"score the functions of accuracy_functions({accuracy_reward!r}) too")
@@ -164,6 +165,7 @@ def verdicts(scores, columns: Sequence[str], reward_names: Sequence[str], accura
     for name in reward_names:
         if name in FORMAT_REWARDS:
             strict = strict & passed[name]
-    return {"answer": passed[accuracy_reward], "strict": strict,
-            "lenient": passed[lenient_version(accuracy_reward)] | passed[accuracy_reward],
-            "format": passed[FORMAT_COMPLIANCE]}
+    result = {"answer": passed[accuracy_reward], "strict": strict, "format": passed[FORMAT_COMPLIANCE]}
+    if lenient_version(accuracy_reward) in passed:
+        result["lenient"] = passed[lenient_version(accuracy_reward)] | passed[accuracy_reward]
+    return result

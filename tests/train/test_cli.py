@@ -103,6 +103,7 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert figures["achieved_gflops"] == pytest.approx(figures["step_gflop"] / figures["median_step_s"], rel=0.01)
     assert figures["mfu"] == pytest.approx(figures["achieved_gflops"] / figures["peak_matmul_gflops"], rel=0.01)
     assert 0 < figures["mfu"] < 1 and figures["peak_memory_bytes"] > 0
+    assert figures["programs_compiled"] + figures["programs_loaded_from_cache"] > 0  # the step, at least
 
 
 def test_pretrain_with_options_before_the_overrides_ends_with_where_the_model_went(tmp_path, capsys):

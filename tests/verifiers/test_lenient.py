@@ -90,5 +90,7 @@ def test_verdicts_count_nan_as_wrong_and_name_a_missing_column():
     scores = np.array([[1.0, np.nan, 1.0]], np.float32)
     assert verdicts(scores, accuracy_functions("exact_answer"), ["exact_answer"], "exact_answer")["strict"].tolist() \
         == [False]
-    with pytest.raises(ValueError, match="no column for lenient_answer"):
-        verdicts(scores[:, :2], ("r1_format", "exact_answer"), ["exact_answer"], "exact_answer")
+    with pytest.raises(ValueError, match="no column for exact_answer"):
+        verdicts(scores[:, :2], ("r1_format", "lenient_answer"), ["exact_answer"], "exact_answer")
+    # Without the lenient version's column (a step scored on tokens) there is no lenient verdict.
+    assert "lenient" not in verdicts(scores[:, :2], ("r1_format", "exact_answer"), ["exact_answer"], "exact_answer")

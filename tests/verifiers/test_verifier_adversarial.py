@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rlreason.verifiers import get_reward_fn, score_texts
-from rlreason.verifiers.tokens import encode_gold_tokens, exact_answer_tokens, format_reward_tokens, token_vocab
+from rlreason.verifiers.golds import encode_golds
+from rlreason.verifiers.tokens import exact_answer_tokens, format_reward_tokens, token_vocab
 
 
 def _answer(text: str) -> str:
@@ -89,6 +90,6 @@ def test_token_versions_take_any_ids(tokenizer):
     ids = rng.integers(-(2 ** 31), 2 ** 31 - 1, size=(8, 64), dtype=np.int64).astype(np.int32)
     ids[:, ::3] = rng.choice(np.asarray(vocab.tag_ids), size=ids[:, ::3].shape)
     mask = rng.random((8, 64)) < 0.9
-    gold_ids, gold_mask = encode_gold_tokens(tokenizer, ["4"] * 8, max_tokens=4)
+    golds = encode_golds([("4", {})] * 8, 64)
     assert set(np.asarray(jax.jit(format_reward_tokens)(ids, mask, vocab)).tolist()) <= {0.0, 1.0}
-    assert set(np.asarray(jax.jit(exact_answer_tokens)(ids, mask, gold_ids, gold_mask, vocab)).tolist()) <= {0.0, 1.0}
+    assert set(np.asarray(jax.jit(exact_answer_tokens)(ids, mask, golds, vocab)).tolist()) <= {0.0, 1.0}
