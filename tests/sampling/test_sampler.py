@@ -111,6 +111,35 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert np.isfinite(filter_logits(logits, 0, 0.01)).tolist() == [[True, False, False, False, False]]
 
 
+def _nucleus_float64(logits: np.ndarray, top_p: float) -> np.ndarray:
+    """The nucleus by its definition, in float64 with a sort: the tokens whose more likely tokens hold less than
+    top_p of the probability, plus every token tied with the least likely of them. [B, V] bool."""
+    kept = np.zeros(logits.shape, bool)
+    for row, values in enumerate(logits.astype(np.float64)):
+        order = np.argsort(-values, kind="stable")
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
+        before = np.cumsum(probs[order]) - probs[order]
+        kept[row] = values >= values[order][before < top_p].min()
+    return kept
+
+
+def test_top_p_without_a_sort_keeps_the_nucleus():
+    """The bisection's nucleus is the sorted definition's, on rows with ties, excluded (-inf) tokens, flat
+    and peaked distributions (float32 sums may differ from float64 ones only far closer to top_p than these)."""
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        vocab = int(rng.integers(2, 300))
+        logits = (rng.normal(size=(4, vocab)) * rng.uniform(0.1, 5.0)).astype(np.float32)
+        if trial % 3 == 0:
+            logits = np.round(logits)
+        if trial % 5 == 0:
+            logits[:, :vocab // 3] = -np.inf
+        top_p = float(rng.uniform(0.05, 0.99))
+        kept = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), 0, top_p)))
+        np.testing.assert_array_equal(kept, _nucleus_float64(logits, top_p), err_msg=f"trial {trial}")
+
+
 def _inverse_cdf_float64(logits: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The index where each row's float64 CDF first exceeds u * total, and how far u * total lies from the
     nearest CDF step (a float32 search may resolve a tie within rounding either way)."""
