@@ -140,6 +140,8 @@ class GRPOFunctions:
     groups_with_spread: Callable  # rewards [B, K] -> [P] bool: the group's rewards are not all equal
     select_groups: Callable  # ([Rollout], [rewards [B, K]], chosen [P, 2] (draw, group)) -> (Rollout, rewards)
     policy: Callable  # state -> the params the policy runs with (rollout's first argument)
+    # (state, rollout) -> the reference's log-probs [B, Tc], the pass `learn` makes when grpo.beta > 0 (for timing)
+    reference_logprobs: Callable
 
 
 def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: SamplingParams,
@@ -381,7 +383,8 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
                          step=chain_phases(rollout, score, learn, group_size, policy),
-                         groups_with_spread=groups_with_spread, select_groups=select_groups, policy=policy)
+                         groups_with_spread=groups_with_spread, select_groups=select_groups, policy=policy,
+                         reference_logprobs=lambda state, roll: batch_logprobs(reference(state), roll)[0])
 
 
 def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int, policy: Callable) -> Callable:

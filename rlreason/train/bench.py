@@ -1,4 +1,4 @@
-"""`rlreason bench`: times the GRPO step, whole and split into sampling, scoring and update.
+"""`rlreason bench`: times the GRPO step, whole and split into sampling, scoring, the reference pass and update.
 
 Without `train.model_dir` it benchmarks a randomly initialised model of `cfg.model` with a tokenizer trained
 on the task corpus (sampling then runs to max_completion_length more often than a trained model would).
@@ -64,7 +64,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
     bar = progress_bar(total=2 * (TIMED_STEPS + 1), desc="bench", unit="step", show=show_progress)
     with tempfile.TemporaryDirectory() as scratch, bar:
         model_dir = cfg.train.model_dir or _random_model_dir(cfg, scratch)
-        figures = {"fused": [], "rollout": [], "score": [], "learn": [], "tokens": [], "decoded": []}
+        figures = {"fused": [], "rollout": [], "score": [], "reference": [], "learn": [], "tokens": [], "decoded": []}
         for split in (False, True):
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
                 cfg.train, model_dir=model_dir, split_step=split, steps=TIMED_STEPS + 1))
@@ -88,16 +88,20 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
                 continue
             rollout, score = jax.jit(trainer.functions.rollout), jax.jit(trainer.functions.score)
             learn = jax.jit(trainer.functions.learn, donate_argnums=0)
+            reference = jax.jit(trainer.functions.reference_logprobs)
             for index, batch in enumerate(batches):
                 rng, sample_rng = jax.random.split(state.rng)
                 roll, rollout_s = _timed(rollout, trainer.functions.policy(state), batch, sample_rng)
                 golds = jax.numpy.repeat(batch["gold_bytes"], cfg.grpo.num_generations, axis=0)
                 rewards, score_s = _timed(score, roll, golds)
+                # The update makes this pass itself: timed apart, it says how much of the update it is.
+                _, reference_s = _timed(reference, state, roll) if cfg.grpo.beta > 0 else (None, 0.0)
                 (state, *_), learn_s = _timed(learn, state.replace(rng=rng), roll, rewards)
                 bar.update()
                 if index:  # the first call of each phase compiles
                     figures["rollout"].append(rollout_s)
                     figures["score"].append(score_s)
+                    figures["reference"].append(reference_s)
                     figures["learn"].append(learn_s)
     median = {key: statistics.median(values) for key, values in figures.items()}
     rows = cfg.train.batch_size * cfg.grpo.num_generations
@@ -114,6 +118,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "median_rollout_s": round(median["rollout"], 4),
         "median_score_s": round(median["score"], 4),
         "median_update_s": round(median["learn"], 4),
+        "median_reference_s": round(median["reference"], 4),  # part of the update; 0 without a reference (beta 0)
         "completion_tokens_per_s": round(median["tokens"] / median["fused"], 1),
         "step_gflop": round(flops["total"] / 1e9, 3),
         "achieved_gflops": round(flops["total"] / median["fused"] / 1e9, 2),
@@ -134,7 +139,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
           f"(median of {TIMED_STEPS} steps after compile)")
     print(f"  whole step (one program) {result['median_step_s']:.3f} s   first step (compile) {first_step_s:.1f} s")
     print(f"  split: sampling {result['median_rollout_s']:.3f} s   scoring {result['median_score_s']:.3f} s   "
-          f"update {result['median_update_s']:.3f} s")
+          f"update {result['median_update_s']:.3f} s (of which the reference pass {result['median_reference_s']:.3f} s)")
     print(f"  completion tokens/s {result['completion_tokens_per_s']:.0f}")
     print(f"  {result['step_gflop']:.2f} GFLOP/step (prefill {flops['prefill'] / 1e9:.2f}, decode "
           f"{flops['decode'] / 1e9:.2f}, reference {flops['reference'] / 1e9:.2f}, policy {flops['policy'] / 1e9:.2f})"

@@ -91,7 +91,8 @@ def test_sample_and_eval_from_a_model_directory(tiny_base_model):
 def test_bench_prints_phase_times_and_memory(tiny_base_model):
     from tiny_run import TINY_OVERRIDES
 
-    result = run_cli("bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, f"train.model_dir={tiny_base_model}")
+    result = run_cli("bench", "configs/demo_cpu.yaml", *TINY_OVERRIDES, f"train.model_dir={tiny_base_model}",
+                     "grpo.beta=0.04")
     assert result.returncode == 0, result.stderr
     assert "random" not in result.stdout  # a trained model: no note about random weights
     figures = json.loads(result.stdout.strip().splitlines()[-1])
@@ -99,6 +100,7 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
         assert figures[key] > 0, key
     assert figures["params_bytes_per_device"] > 0
     assert "split: sampling" in result.stdout
+    assert 0 < figures["median_reference_s"] < figures["median_update_s"]  # a part of the update (beta > 0)
     # MFU: the step's model FLOPs per second over a matmul peak measured in the same run.
     assert figures["achieved_gflops"] == pytest.approx(figures["step_gflop"] / figures["median_step_s"], rel=0.01)
     assert figures["mfu"] == pytest.approx(figures["achieved_gflops"] / figures["peak_matmul_gflops"], rel=0.01)
