@@ -612,8 +612,9 @@ class TrainConfig:
     wandb_project: str = "rlreason"
     wandb_mode: Literal["offline", "online"] = "offline"  # offline: synced later with `wandb sync`
     # JAX's persistent compilation cache (rlreason.train.compile_cache): a restarted run loads its compiled
-    # programs from here instead of compiling them. Local or gs://; empty: JAX's own JAX_COMPILATION_CACHE_DIR.
-    compilation_cache_dir: str = "~/.cache/rlreason/xla"
+    # programs from here instead of compiling them (e.g. ~/.cache/rlreason/xla; local or gs://). Empty: JAX's
+    # own setting (JAX_COMPILATION_CACHE_DIR, else none).
+    compilation_cache_dir: str = ""
 
     def validate(self, path: str) -> None:
         for key in ("steps", "batch_size", "max_nonfinite_steps"):

@@ -21,6 +21,7 @@ import jax
 # pass the cache-hit event. (A program with host callbacks that JAX will not cache passes no cache event.)
 _BUILT, _LOADED = "/jax/core/compile/backend_compile_duration", "/jax/compilation_cache/cache_hits"
 _counts = {_BUILT: 0, _LOADED: 0}
+CACHE_MAX_BYTES = 64 * 2**30  # least recently used entries are evicted beyond this
 _lock = threading.Lock()
 
 
@@ -43,6 +44,9 @@ def use_compilation_cache(directory: str) -> None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # A size limit turns on JAX's file lock around every read and write, so that runs sharing the directory
+    # never read an entry another is still writing.
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
 def cache_counts() -> dict[str, int]:
