@@ -92,7 +92,7 @@ def test_each_call_runs_under_a_cpu_time_limit(pool):
 
 def test_workers_that_cannot_start_raise_a_clear_error():
     pool = WorkerPool(num_workers=1, preload=["rlreason.verifiers.no_such_module"])
-    with pytest.raises(WorkerStartError, match=r"3 verifier worker processes in a row failed to start"):
+    with pytest.raises(WorkerStartError, match=r"[3-9] verifier worker processes in a row failed to start"):
         pool.run([(operator.add, (1, 1))], timeout_s=5.0, on_failure=FAILED)
     pool.close()
 
