@@ -109,6 +109,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
                             cfg.grpo.num_iterations, weight_gradients=not cfg.lora.rank)
     peak = run_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
     memory, memory_source = peak_memory_bytes()
+    programs = cache_counts()
     result = {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "mesh": dict(trainer.mesh.shape),
@@ -132,8 +133,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "lora_base_bytes_per_device": state_bytes["base"],  # the frozen (maybe quantized) base; 0 without LoRA
         "loadavg_1m": os.getloadavg()[0],
         # Programs this process compiled and loaded from the persistent cache: a warm rerun compiles none.
-        "programs_compiled": cache_counts()["compiled"],
-        "programs_loaded_from_cache": cache_counts()["loaded"],
+        "programs_compiled": programs["compiled"],
+        "programs_loaded_from_cache": programs["loaded"],
     }
     print(f"GRPO step on {result['device']}, mesh {result['mesh']}, {rows} rollouts/step "
           f"(median of {TIMED_STEPS} steps after compile)")

@@ -6,8 +6,9 @@ fixes the directory at its first compilation. Every program is cached, whatever 
 warm restart compiles nothing: `cache_counts()` says how many programs this process loaded and compiled.
 
 JAX does not cache a program that holds a host callback (with jax 0.10.2 on CPU it neither looks such a program
-up nor writes it): a step scored by the host-callback verifiers is compiled again on every restart. `grpo.scoring: jax` scores with the
-token-level verifiers (rlreason.verifiers.tokens) inside the program instead, and then a restart compiles nothing.
+up nor writes it): a step scored by the host-callback verifiers is compiled again on every restart.
+`grpo.scoring: jax` scores with the token-level verifiers (rlreason.verifiers.tokens) inside the program
+instead, and then a restart compiles nothing.
 """
 
 from __future__ import annotations
