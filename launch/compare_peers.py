@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"median_step_s": medians, "peak_matmul_gflops": peak / 1e9,
                "mfu": {name: step_flops / seconds / peak for name, seconds in medians.items()},
                "rlreason_over": {name: medians["rlreason"] / medians[name] for name in peers},
-               "cpu": cpu_model(), "rounds": args.rounds}
+               "cpu": runs["rlreason"][0]["cpu"], "rounds": args.rounds}
     for name, seconds in medians.items():
         ratio = "" if name == "rlreason" else f"   rlreason / {name} = {summary['rlreason_over'][name]:.2f}"
         print(f"{name:9s} median {seconds:.3f} s/step  MFU {summary['mfu'][name]:.3f}{ratio}")
@@ -92,13 +92,6 @@ def workload_flops() -> int:
     model = load_config(ROOT / "configs" / "bench_peers.yaml").model
     return grpo_step_flops(model, rows=64, prompt_length=7, completion_length=64, reference=True,
                            policy_passes=1)["total"]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

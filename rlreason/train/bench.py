@@ -50,6 +50,13 @@ def _tree_bytes(tree) -> int:
     return int(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)))
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (from /proc/cpuinfo), recorded with every figure: step times depend on it."""
+    cpuinfo = "/proc/cpuinfo"
+    lines = open(cpuinfo).read().splitlines() if os.path.exists(cpuinfo) else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def peak_memory_bytes() -> tuple[int, str]:
     """(peak bytes, what was measured): the first device's allocator peak, or this process's peak RSS on CPU."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -112,6 +119,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
     programs = cache_counts()
     result = {
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "cpu": cpu_model(),
         "mesh": dict(trainer.mesh.shape),
         "rollouts_per_step": rows,
         "first_step_s": round(first_step_s, 3),
@@ -136,7 +144,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "programs_compiled": programs["compiled"],
         "programs_loaded_from_cache": programs["loaded"],
     }
-    print(f"GRPO step on {result['device']}, mesh {result['mesh']}, {rows} rollouts/step "
+    print(f"GRPO step on {result['device']} ({result['cpu']}, {os.cpu_count()} cores), mesh {result['mesh']}, {rows} rollouts/step "
           f"(median of {TIMED_STEPS} steps after compile)")
     print(f"  whole step (one program) {result['median_step_s']:.3f} s   first step (compile) {first_step_s:.1f} s")
     print(f"  split: sampling {result['median_rollout_s']:.3f} s   scoring {result['median_score_s']:.3f} s   "

@@ -4,6 +4,7 @@ before spending anything is in test_launch_checks.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from launcher_runs import launcher, run_launcher
+
+from rlreason.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 # The v5p-64 config with its model directory and outputs in a bucket (the workers cannot share a local disk).
@@ -240,3 +243,34 @@ def test_the_peer_comparison_refuses_without_the_peers_environments(tmp_path):
     assert result.returncode == 2
     assert "no environment for trl, tunix" in result.stderr and "setup.sh" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_scaling_sweep_widens_the_model_in_the_base_shape():
+    base = load_config(REPO / "configs" / "bench_peers.yaml").model  # hidden 256: 4 heads of 64, 2 KV, MLP 688
+    assert launcher("scaling").width_overrides(base, 1024) == [
+        "model.hidden_size=1024", "model.num_heads=16", "model.num_kv_heads=8", "model.intermediate_size=2752"]
+
+
+def test_the_scaling_sweep_benches_each_value_and_writes_the_table_plot_and_figures(tmp_path):
+    from tiny_run import TINY_OVERRIDES
+
+    out = tmp_path / "scaling"
+    result = run_launcher("scaling.py", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "--out", str(out),
+                          "--layers", "1,3", "--hidden", "", "--generations", "", "--completion", "")
+    assert result.returncode == 0, result.stderr
+    points = json.loads(out.with_suffix(".json").read_text())["points"]
+    assert [(point["knob"], point["value"], point["overrides"]) for point in points] == [
+        ("layers", 1, ["model.num_layers=1"]), ("layers", 3, ["model.num_layers=3"])]
+    # Two more layers of the tiny model (hidden 48, 4 query and 2 KV heads of 12, MLP 96): q, k, v, o and the MLP.
+    assert points[1]["matmul_weights"] - points[0]["matmul_weights"] == 2 * (48 * (48 + 24 + 24 + 48) + 3 * 48 * 96)
+    one, three = (point["bench"] for point in points)
+    assert three["step_gflop"] > one["step_gflop"] and one["median_step_s"] > 0
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| layers |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "3"]
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_scaling_sweep_refuses_a_value_that_is_not_a_number():
+    result = run_launcher("scaling.py", "--layers", "4,eight")
+    assert result.returncode == 2
+    assert "--layers: 'eight' is not a whole number" in result.stderr and "Traceback" not in result.stderr

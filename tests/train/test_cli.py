@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,10 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert figures["mfu"] == pytest.approx(figures["achieved_gflops"] / figures["peak_matmul_gflops"], rel=0.01)
     assert 0 < figures["mfu"] < 1 and figures["peak_memory_bytes"] > 0
     assert figures["programs_compiled"] + figures["programs_loaded_from_cache"] > 0  # the step, at least
+    # The figures name the machine they were taken on (as lscpu does, from the kernel's CPU description).
+    cpu_names = {line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")}
+    assert figures["cpu"] in cpu_names and f"({figures['cpu']}, " in result.stdout
 
 
 def test_pretrain_with_options_before_the_overrides_ends_with_where_the_model_went(tmp_path, capsys):
