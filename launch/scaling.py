@@ -4,7 +4,8 @@
 
 The knobs (AXES) are the model's width (hidden size, with the heads, KV heads and MLP width scaled alike at the
 base's head size), its depth, the group size G and the completion length. Each point runs `rlreason bench` in a
-fresh process (so each point's peak memory is its own), one after another. Writes OUT.json (every point's bench
+fresh process (so each point's peak memory is its own), one after another; a point whose config equals one
+already timed (the base shape, on every knob) reuses its figures. Writes OUT.json (every point's bench
 figures), OUT.md (the table) and OUT.png (seconds per step, its sampling and update parts, and MFU against each
 knob), and prints the table.
 """
@@ -119,16 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         base_cfg = load_config(args.config, args.overrides)
         sweep = [(knob, knob_value(knob, value)) for knob in AXES for value in getattr(args, knob).split(",") if value]
         planned = [(knob, value, AXES[knob][1](base_cfg.model, value)) for knob, value in sweep]
-        weights = [matmul_weights(load_config(args.config, [*args.overrides, *knob_overrides]).model)
-                   for _, _, knob_overrides in planned]
+        point_cfgs = [load_config(args.config, [*args.overrides, *knob_overrides]) for _, _, knob_overrides in planned]
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    points = []
-    for (knob, value, knob_overrides), matmul_weight_count in zip(planned, weights):
-        figures = bench(args.config, [*args.overrides, *knob_overrides])
+    points, benched = [], []  # benched: (config, figures), so the base shape on every axis is timed once
+    for (knob, value, knob_overrides), point_cfg in zip(planned, point_cfgs):
+        figures = next((figures for cfg, figures in benched if cfg == point_cfg), None)
+        if figures is None:
+            figures = bench(args.config, [*args.overrides, *knob_overrides])
+            benched.append((point_cfg, figures))
         points.append({"knob": knob, "value": value, "overrides": knob_overrides,
-                       "matmul_weights": matmul_weight_count, "bench": figures})
+                       "matmul_weights": matmul_weights(point_cfg.model), "bench": figures})
         print(f"{knob}={value}: {figures['median_step_s']:.2f} s/step, MFU {figures['mfu']:.2f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -252,21 +252,23 @@ def test_the_scaling_sweep_widens_the_model_in_the_base_shape():
 
 
 def test_the_scaling_sweep_benches_each_value_and_writes_the_table_plot_and_figures(tmp_path):
-    from tiny_run import TINY_OVERRIDES
+    from tiny_run import TINY_OVERRIDES  # 2 layers, G = 4
 
     out = tmp_path / "scaling"
     result = run_launcher("scaling.py", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "--out", str(out),
-                          "--layers", "1,3", "--hidden", "", "--generations", "", "--completion", "")
+                          "--layers", "2,3", "--hidden", "", "--generations", "4", "--completion", "")
     assert result.returncode == 0, result.stderr
     points = json.loads(out.with_suffix(".json").read_text())["points"]
     assert [(point["knob"], point["value"], point["overrides"]) for point in points] == [
-        ("layers", 1, ["model.num_layers=1"]), ("layers", 3, ["model.num_layers=3"])]
-    # Two more layers of the tiny model (hidden 48, 4 query and 2 KV heads of 12, MLP 96): q, k, v, o and the MLP.
-    assert points[1]["matmul_weights"] - points[0]["matmul_weights"] == 2 * (48 * (48 + 24 + 24 + 48) + 3 * 48 * 96)
-    one, three = (point["bench"] for point in points)
-    assert three["step_gflop"] > one["step_gflop"] and one["median_step_s"] > 0
+        ("layers", 2, ["model.num_layers=2"]), ("layers", 3, ["model.num_layers=3"]),
+        ("generations", 4, ["grpo.num_generations=4"])]
+    # One more layer of the tiny model (hidden 48, 4 query and 2 KV heads of 12, MLP 96): q, k, v, o and the MLP.
+    assert points[1]["matmul_weights"] - points[0]["matmul_weights"] == 48 * (48 + 24 + 24 + 48) + 3 * 48 * 96
+    two, three, base_again = (point["bench"] for point in points)
+    assert three["step_gflop"] > two["step_gflop"] and two["median_step_s"] > 0
+    assert base_again == two  # G = 4 is the base shape, timed once (a second run's timings would differ)
     rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| layers |")]
-    assert [row.split(" | ")[1] for row in rows] == ["1", "3"]
+    assert [row.split(" | ")[1] for row in rows] == ["2", "3"]
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
