@@ -10,7 +10,8 @@ import pytest
 from rlreason.config import ModelConfig
 from rlreason.models.logprobs import completion_logprobs
 from rlreason.models.transformer import forward, init_params, positions_from_mask
-from rlreason.sampling.sampler import CDF_BLOCK, SamplingParams, categorical_by_cdf, filter_logits, generate, sample_token
+from rlreason.sampling.sampler import (CDF_BLOCK, SamplingParams, categorical_by_cdf, filter_logits, generate,
+                                       nucleus_threshold, sample_token)
 
 CFG = ModelConfig(vocab_size=40, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                   intermediate_size=40, init_std=0.4, qkv_bias=True, tie_embeddings=False)
@@ -126,18 +127,32 @@ def _nucleus_float64(logits: np.ndarray, top_p: float) -> np.ndarray:
 
 def test_top_p_without_a_sort_keeps_the_nucleus():
     """The bisection's nucleus is the sorted definition's, on rows with ties, excluded (-inf) tokens, flat
-    and peaked distributions (float32 sums may differ from float64 ones only far closer to top_p than these)."""
+    and peaked distributions (float32 sums may differ from float64 ones only far closer to top_p than these).
+    The 60 cases of 4 rows run as one batch, each padded to the widest vocabulary with excluded tokens and with
+    its own top_p per row (a [B, 1] top_p broadcasts as the scalar does)."""
     rng = np.random.default_rng(0)
+    width = 300
+    cases = []
     for trial in range(60):
-        vocab = int(rng.integers(2, 300))
+        vocab = int(rng.integers(2, width))
         logits = (rng.normal(size=(4, vocab)) * rng.uniform(0.1, 5.0)).astype(np.float32)
         if trial % 3 == 0:
             logits = np.round(logits)
         if trial % 5 == 0:
             logits[:, :vocab // 3] = -np.inf
-        top_p = float(rng.uniform(0.05, 0.99))
-        kept = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), 0, top_p)))
-        np.testing.assert_array_equal(kept, _nucleus_float64(logits, top_p), err_msg=f"trial {trial}")
+        cases.append((logits, float(rng.uniform(0.05, 0.99))))
+    padded = np.concatenate([np.pad(logits, ((0, 0), (0, width - logits.shape[1])), constant_values=-np.inf)
+                             for logits, _ in cases])
+    top_p = np.repeat([top_p for _, top_p in cases], 4)[:, None].astype(np.float32)
+    threshold = np.asarray(jax.jit(nucleus_threshold)(jnp.asarray(padded), jnp.asarray(top_p)))
+    for trial, (logits, case_top_p) in enumerate(cases):
+        kept = padded[4 * trial:4 * trial + 4, :logits.shape[1]] >= threshold[4 * trial:4 * trial + 4]
+        np.testing.assert_array_equal(kept, _nucleus_float64(logits, case_top_p), err_msg=f"trial {trial}")
+    # filter_logits keeps exactly the nucleus, as -inf elsewhere.
+    logits, case_top_p = cases[1]
+    filtered = np.asarray(filter_logits(jnp.asarray(logits), 0, case_top_p))
+    np.testing.assert_array_equal(np.isfinite(filtered), _nucleus_float64(logits, case_top_p))
+    np.testing.assert_array_equal(filtered[np.isfinite(filtered)], logits[np.isfinite(filtered)])
 
 
 def _inverse_cdf_float64(logits: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
