@@ -1,5 +1,6 @@
 """How the GRPO step scales: `rlreason bench` of one base config with one knob changed at a time.
 
+    python launch/scaling.py --plan                # the points it would time, and their overrides
     python launch/scaling.py --out docs/scaling    # the table of docs/benchmarks.md: about 25 min on 2 CPU cores
 
 The knobs (AXES) are the model's width (hidden size, with the heads, KV heads and MLP width scaled alike at the
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", default="configs/bench_peers.yaml", help="the base config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the base, for every point")
     parser.add_argument("--out", default="scaling", help="writes OUT.json, OUT.md and OUT.png")
+    parser.add_argument("--plan", action="store_true", help="print the points and their overrides; bench none")
     for knob, values in DEFAULT_VALUES.items():
         parser.add_argument(f"--{knob}", default=values, help=f"comma-separated values (default {values}; "
                             "empty: leave the knob out)")
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.plan:
+        for index, ((knob, value, knob_overrides), point_cfg) in enumerate(zip(planned, point_cfgs)):
+            repeat = "  (a config already listed: timed once)" if point_cfg in point_cfgs[:index] else ""
+            print(f"{knob}={value}: {matmul_weights(point_cfg.model):,} matmul weights  "
+                  f"{' '.join(knob_overrides)}{repeat}")
+        return 0
     points, benched = [], []  # benched: (config, figures), so the base shape on every axis is timed once
     for (knob, value, knob_overrides), point_cfg in zip(planned, point_cfgs):
         figures = next((figures for cfg, figures in benched if cfg == point_cfg), None)

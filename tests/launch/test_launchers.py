@@ -251,24 +251,37 @@ def test_the_scaling_sweep_widens_the_model_in_the_base_shape():
         "model.hidden_size=1024", "model.num_heads=16", "model.num_kv_heads=8", "model.intermediate_size=2752"]
 
 
-def test_the_scaling_sweep_benches_each_value_and_writes_the_table_plot_and_figures(tmp_path):
-    from tiny_run import TINY_OVERRIDES  # 2 layers, G = 4
+def test_the_scaling_plan_lists_each_point_with_its_overrides_and_weights():
+    from tiny_run import TINY_OVERRIDES  # 2 layers of hidden 48, 4 query and 2 KV heads of 12, MLP 96, vocab 96
+
+    result = run_launcher("scaling.py", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "--plan", "--layers", "2,3",
+                          "--hidden", "96", "--generations", "4", "--completion", "")
+    assert result.returncode == 0, result.stderr
+    layer = 48 * (48 + 24 + 24 + 48) + 3 * 48 * 96  # q, k, v, o and the MLP
+    wide_layer = 96 * (96 + 48 + 48 + 96) + 3 * 96 * 192  # 8 query and 4 KV heads of 12, MLP 192
+    assert result.stdout.splitlines() == [
+        f"hidden=96: {2 * wide_layer + 96 * 96:,} matmul weights  model.hidden_size=96 model.num_heads=8 "
+        "model.num_kv_heads=4 model.intermediate_size=192",
+        f"layers=2: {2 * layer + 48 * 96:,} matmul weights  model.num_layers=2",
+        f"layers=3: {3 * layer + 48 * 96:,} matmul weights  model.num_layers=3",
+        f"generations=4: {2 * layer + 48 * 96:,} matmul weights  grpo.num_generations=4  (a config already "
+        "listed: timed once)"]
+
+
+def test_the_scaling_sweep_benches_each_point_and_writes_the_table_plot_and_figures(tmp_path):
+    from tiny_run import TINY_OVERRIDES
 
     out = tmp_path / "scaling"
     result = run_launcher("scaling.py", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "--out", str(out),
-                          "--layers", "2,3", "--hidden", "", "--generations", "4", "--completion", "")
+                          "--layers", "1", "--hidden", "", "--generations", "", "--completion", "")
     assert result.returncode == 0, result.stderr
-    points = json.loads(out.with_suffix(".json").read_text())["points"]
-    assert [(point["knob"], point["value"], point["overrides"]) for point in points] == [
-        ("layers", 2, ["model.num_layers=2"]), ("layers", 3, ["model.num_layers=3"]),
-        ("generations", 4, ["grpo.num_generations=4"])]
-    # One more layer of the tiny model (hidden 48, 4 query and 2 KV heads of 12, MLP 96): q, k, v, o and the MLP.
-    assert points[1]["matmul_weights"] - points[0]["matmul_weights"] == 48 * (48 + 24 + 24 + 48) + 3 * 48 * 96
-    two, three, base_again = (point["bench"] for point in points)
-    assert three["step_gflop"] > two["step_gflop"] and two["median_step_s"] > 0
-    assert base_again == two  # G = 4 is the base shape, timed once (a second run's timings would differ)
-    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| layers |")]
-    assert [row.split(" | ")[1] for row in rows] == ["2", "3"]
+    (point,) = json.loads(out.with_suffix(".json").read_text())["points"]
+    assert (point["knob"], point["value"], point["overrides"]) == ("layers", 1, ["model.num_layers=1"])
+    # The bench ran the point's model: one layer (q, k, v, o, MLP, two norms), tied embeddings, the final norm.
+    parameters = 96 * 48 + (48 * 48 + 2 * 48 * 24 + 48 * 48 + 3 * 48 * 96 + 2 * 48) + 48
+    assert point["bench"]["params_bytes_per_device"] == 4 * parameters and point["bench"]["median_step_s"] > 0
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:2] for row in rows[2:]] == [["| layers", "1"]]
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
