@@ -1,7 +1,7 @@
 """How the GRPO step scales: `rlreason bench` of one base config with one knob changed at a time.
 
     python launch/scaling.py --plan                # the points it would time, and their overrides
-    python launch/scaling.py --out docs/scaling    # the table of docs/benchmarks.md: about 25 min on 2 CPU cores
+    python launch/scaling.py --out runs/scaling    # the table of docs/benchmarks.md: 30 min on 2 slow CPU cores
 
 The knobs (AXES) are the model's width (hidden size, with the heads, KV heads and MLP width scaled alike at the
 base's head size), its depth, the group size G and the completion length. Each point runs `rlreason bench` in a
