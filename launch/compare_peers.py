@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +30,12 @@ def last_json_line(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def run_rlreason() -> dict:
-    result = subprocess.run([sys.executable, "-m", "rlreason", "bench", "configs/bench_peers.yaml"], cwd=ROOT,
+def run_rlreason(config: str = "configs/bench_peers.yaml", overrides: Sequence[str] = ()) -> dict:
+    """The JSON line of `rlreason bench CONFIG OVERRIDES...`, run in a fresh process."""
+    result = subprocess.run([sys.executable, "-m", "rlreason", "bench", "--quiet", config, *overrides], cwd=ROOT,
                             capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     if result.returncode != 0:
-        raise SystemExit(f"rlreason bench failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"rlreason bench {config} {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
     return last_json_line(result.stdout)
 
 

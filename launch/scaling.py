@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from compare_peers import run_rlreason  # noqa: E402  (launch/ is the script's own folder)
 from rlreason.config import ConfigError, ModelConfig, load_config  # noqa: E402
 from rlreason.train.flops import matmul_weights  # noqa: E402
 
@@ -52,15 +52,6 @@ def knob_value(knob: str, text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError(f"--{knob}: {text!r} is not a whole number (give comma-separated values such as 4,8,12)")
     return int(text)
-
-
-def bench(config: str, overrides: list[str]) -> dict:
-    """The JSON line of `rlreason bench CONFIG OVERRIDES...`, run in a fresh process."""
-    result = subprocess.run([sys.executable, "-m", "rlreason", "bench", "--quiet", config, *overrides], cwd=ROOT,
-                            capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    if result.returncode != 0:
-        raise SystemExit(f"rlreason bench {config} {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
-    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def table(points: list[dict]) -> str:
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for (knob, value, knob_overrides), point_cfg in zip(planned, point_cfgs):
         figures = next((figures for cfg, figures in benched if cfg == point_cfg), None)
         if figures is None:
-            figures = bench(args.config, [*args.overrides, *knob_overrides])
+            figures = run_rlreason(args.config, [*args.overrides, *knob_overrides])
             benched.append((point_cfg, figures))
         points.append({"knob": knob, "value": value, "overrides": knob_overrides,
                        "matmul_weights": matmul_weights(point_cfg.model), "bench": figures})

@@ -17,6 +17,7 @@ import resource
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 
@@ -52,8 +53,8 @@ def _tree_bytes(tree) -> int:
 
 def cpu_model() -> str:
     """The host CPU's model name (from /proc/cpuinfo), recorded with every figure: step times depend on it."""
-    cpuinfo = "/proc/cpuinfo"
-    lines = open(cpuinfo).read().splitlines() if os.path.exists(cpuinfo) else []
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
@@ -144,8 +145,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "programs_compiled": programs["compiled"],
         "programs_loaded_from_cache": programs["loaded"],
     }
-    print(f"GRPO step on {result['device']} ({result['cpu']}, {os.cpu_count()} cores), mesh {result['mesh']}, {rows} rollouts/step "
-          f"(median of {TIMED_STEPS} steps after compile)")
+    print(f"GRPO step on {result['device']} ({result['cpu']}, {os.cpu_count()} cores), mesh {result['mesh']}, "
+          f"{rows} rollouts/step (median of {TIMED_STEPS} steps after compile)")
     print(f"  whole step (one program) {result['median_step_s']:.3f} s   first step (compile) {first_step_s:.1f} s")
     print(f"  split: sampling {result['median_rollout_s']:.3f} s   scoring {result['median_score_s']:.3f} s   "
           f"update {result['median_update_s']:.3f} s (of which the reference pass {result['median_reference_s']:.3f} s)")
