@@ -21,6 +21,7 @@ projection's low-rank update.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlreason.config import ModelConfig
-from rlreason.models.quantize import dense
+from rlreason.models.quantize import QuantizedWeight, dense
 
 Params = dict[str, Any]
 
@@ -56,8 +57,20 @@ class ParamSpec:
     init: str  # "normal" | "zeros" | "ones"
 
 
+def cache_layout(keys: jax.Array, values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values [B, T, K, D] (or [L, B, T, K, D]) in the cache's layout: keys [..., K, D, T], values
+    [..., K, T, D]."""
+    return jnp.moveaxis(keys, -3, -1), jnp.swapaxes(values, -3, -2)
+
+
 class KVCache(NamedTuple):
-    """Preallocated keys and values for every layer: each [L, B, S, K, D]."""
+    """Preallocated keys [L, B, K, D, S] and values [L, B, K, S, D] for every layer, or tuples of L [B, K, D, S] and
+    [B, K, S, D] arrays (`unstack_cache`, for an unrolled forward pass: each layer's cache is then its own buffer,
+    read and written in place by a decode step).
+
+    Per (row, kv head) a decode step's scores are queries [G, D] times keys [D, S] and its output the weights
+    [G, S] times values [S, D]: both plain matmuls over the cache as it lies, with no transpose per step.
+    """
 
     keys: jax.Array
     values: jax.Array
@@ -133,9 +146,9 @@ def count_params(params: Params) -> int:
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_length: int) -> KVCache:
-    shape = (cfg.num_layers, batch_size, max_length, cfg.num_kv_heads, cfg.head_dim)
-    zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    return KVCache(zeros, zeros)
+    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_length, cfg.head_dim)
+    values = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    return KVCache(jnp.swapaxes(values, -2, -1), values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,44 +192,89 @@ def layer_windows(cfg: ModelConfig) -> np.ndarray:
     return windows
 
 
-def attention_mask(query_slots: jax.Array, key_valid: jax.Array, window: jax.Array) -> jax.Array:
+def attention_mask(query_slots: jax.Array, key_valid: jax.Array, window: jax.Array,
+                   key_slots: jax.Array | None = None) -> jax.Array:
     """Which keys each query may attend to: [B, T, S] bool.
 
     query_slots: [T] slot index of each query in the key sequence; key_valid: [B, S] bool (False for padding
-    and for cache slots not written yet); window: scalar int, 0 for global. Causality and windows are taken
-    in slot space, which equals position space because each row's real tokens occupy contiguous slots.
+    and for cache slots not written yet); window: scalar int, 0 for global; key_slots: [S] slot index of each
+    key (default 0 .. S-1). Causality and windows are taken in slot space, which equals position space because
+    each row's real tokens occupy contiguous slots.
     """
-    key_slots = jnp.arange(key_valid.shape[1])
+    key_slots = jnp.arange(key_valid.shape[1]) if key_slots is None else key_slots
     distance = query_slots[:, None] - key_slots[None, :]  # [T, S]
     allowed = distance >= 0
     allowed &= (window <= 0) | (distance < window)
     return allowed[None] & key_valid[:, None, :]
 
 
+def _einsum_f32_accumulated(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.einsum(equation, x, y, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def matmul(equation: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """einsum of two arrays of one dtype, accumulated in float32 and returned in their dtype. For bfloat16 that is
+    the product XLA's CPU backend runs on bfloat16 kernels (AMX where the CPU has it); asked for a bfloat16 result
+    it converts both operands to float32 first. Every axis of an operand appears in the other or in the output.
+
+    The backward pass takes the incoming gradient in the operands' dtype, so its two products are bfloat16 ones
+    too (autodiff of the float32-accumulated einsum would hand them a float32 gradient, and float32 operands)."""
+    return _einsum_f32_accumulated(equation, x, y)
+
+
+def _matmul_forward(equation, x, y):
+    return _einsum_f32_accumulated(equation, x, y), (x, y)
+
+
+def _matmul_backward(equation, operands, gradient):
+    x, y = operands
+    (x_axes, y_axes), out_axes = equation.split("->")[0].split(","), equation.split("->")[1]
+    gradient = gradient.astype(x.dtype)
+    return (_einsum_f32_accumulated(f"{out_axes},{y_axes}->{x_axes}", gradient, y),
+            _einsum_f32_accumulated(f"{x_axes},{out_axes}->{y_axes}", x, gradient).astype(y.dtype))
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
 def project(layer: Params, name: str, x: jax.Array, equation: str, dtype) -> jax.Array:
     """x times the layer's weight `name` by the einsum `equation` ("<x axes>,<weight axes>-><out axes>"), plus
     the LoRA update x A B when the layer has adapters for it (`layer["lora"][name]`: A [<contracted axes>, r],
     B [r, <weight's other axes>], B already scaled by alpha / r). The low-rank path never forms the weight-sized
-    product A B: it costs r (inputs + outputs) per row."""
-    out = jnp.einsum(equation, x, dense(layer[name], dtype))
-    adapter = layer.get("lora", {}).get(name)
-    if adapter is None:
-        return out
+    product A B: it costs r (inputs + outputs) per row.
+
+    Several contracted axes (the output projection's heads and head_dim) are merged into one, leading in the
+    weight and trailing in x, so the product is a plain matmul: XLA's CPU backend otherwise reorders them by
+    copying the weight on every call, in every decode step."""
     operands, out_axes = equation.split("->")
     x_axes, weight_axes = operands.split(",")
     contracted = "".join(axis for axis in weight_axes if axis in x_axes)
+    weight = dense(layer[name], dtype)
+    adapter_a = None if (adapter := layer.get("lora", {}).get(name)) is None else adapter["a"].astype(dtype)
+    if len(contracted) > 1 and x_axes.endswith(contracted) and weight_axes.startswith(contracted):
+        merged = lambda array, leading: array.reshape(  # noqa: E731
+            (-1, *array.shape[len(contracted):]) if leading else (*array.shape[:-len(contracted)], -1))
+        x, weight = merged(x, False), merged(weight, True)
+        adapter_a = None if adapter_a is None else merged(adapter_a, True)
+        x_axes, weight_axes, contracted = x_axes[:-len(contracted)] + "f", "f" + weight_axes[len(contracted):], "f"
+    out = matmul(f"{x_axes},{weight_axes}->{out_axes}", x, weight)
+    if adapter is None:
+        return out
     kept = "".join(axis for axis in x_axes if axis not in weight_axes)
     produced = "".join(axis for axis in weight_axes if axis not in x_axes)
-    low_rank = jnp.einsum(f"{x_axes},{contracted}r->{kept}r", x, adapter["a"].astype(dtype))
-    return out + jnp.einsum(f"{kept}r,r{produced}->{out_axes}", low_rank, adapter["b"].astype(dtype))
+    low_rank = matmul(f"{x_axes},{contracted}r->{kept}r", x, adapter_a)
+    return out + matmul(f"{kept}r,r{produced}->{out_axes}", low_rank, adapter["b"].astype(dtype))
 
 
 def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-               past_keys: jax.Array | None, past_values: jax.Array | None, cache_index: jax.Array | int):
-    """Grouped-query attention. x: [B, T, E]; past_keys / past_values: this layer's cache [B, S, K, D] or None.
+               layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int):
+    """Grouped-query attention. x: [B, T, E]; mask: [B, T, S] (see attention_mask).
 
-    Returns (output [B, T, E], the new tokens' keys and values [B, T, K, D]). With a cache, the queries attend
-    to the cache with the new keys placed at `cache_index`; the caller writes them into the cache.
+    Without `layer_cache` the queries attend to the T new tokens (S = T). With it (this layer's cached keys
+    [B, K, D, S] and values [B, K, S, D]) the new keys and values are first written at slot `cache_index` and the
+    queries attend to the whole cache, read as it lies (no transpose of the cache per decode step).
+    Returns (output [B, T, E], the new tokens' keys and values [B, T, K, D], the updated layer cache or None).
     """
     dtype = jnp.dtype(cfg.dtype)
     queries = project(layer, "q_proj", x, "bte,ehd->bthd", dtype)
@@ -231,26 +289,35 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
         keys = rms_norm(keys, layer["k_norm"], cfg)
     queries = rotary(queries, positions, cfg.rope_theta)
     keys = rotary(keys, positions, cfg.rope_theta)
-    new_keys, new_values = keys, values
-    if past_keys is not None:
-        start = (0, cache_index, 0, 0)
-        keys = jax.lax.dynamic_update_slice(past_keys, keys.astype(past_keys.dtype), start).astype(dtype)
-        values = jax.lax.dynamic_update_slice(past_values, values.astype(past_values.dtype), start).astype(dtype)
 
     batch, length, heads, head_dim = queries.shape
     scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
-    if cfg.attention != "einsum":
-        attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
-                                                implementation=cfg.attention)
-        return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), new_keys, new_values
+    if layer_cache is None:
+        if cfg.attention != "einsum":
+            attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
+                                                    implementation=cfg.attention)
+            return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), keys, values, None
+        attend_keys, attend_values = cache_layout(keys, values)
+    else:
+        new_keys, new_values = cache_layout(keys, values)
+        attend_keys = jax.lax.dynamic_update_slice(layer_cache[0], new_keys.astype(layer_cache[0].dtype),
+                                                   (0, 0, 0, cache_index))
+        attend_values = jax.lax.dynamic_update_slice(layer_cache[1], new_values.astype(layer_cache[1].dtype),
+                                                     (0, 0, cache_index, 0))
+        layer_cache = (attend_keys, attend_values)
     groups = heads // cfg.num_kv_heads
-    queries = queries.reshape(batch, length, cfg.num_kv_heads, groups, head_dim)
-    logits = jnp.einsum("btkgd,bskd->bkgts", queries, keys, preferred_element_type=jnp.float32) * scale
-    logits = softcap(logits, cfg.attn_logit_softcap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    # Queries as [B, K, G * T, D]: both products are then dots batched over (row, kv head) in the keys' order.
+    by_head = jnp.transpose(queries.reshape(batch, length, cfg.num_kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    by_head = by_head.reshape(batch, cfg.num_kv_heads, groups * length, head_dim)
+    logits = jnp.einsum("bkqd,bkds->bkqs", by_head, attend_keys.astype(dtype), preferred_element_type=jnp.float32)
+    logits = softcap(logits * scale, cfg.attn_logit_softcap)
+    key_mask = jnp.broadcast_to(mask[:, None, None], (batch, 1, groups, length, mask.shape[-1]))
+    logits = jnp.where(key_mask.reshape(batch, 1, groups * length, -1), logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    attended = jnp.einsum("bkgts,bskd->btkgd", weights, values).reshape(batch, length, heads, head_dim)
-    return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), new_keys, new_values
+    attended = matmul("bkqs,bksd->bkqd", weights, attend_values.astype(dtype))
+    attended = attended.reshape(batch, cfg.num_kv_heads, groups, length, head_dim)
+    attended = jnp.transpose(attended, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
+    return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), keys, values, layer_cache
 
 
 def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -265,19 +332,19 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-           past_keys, past_values, cache_index):
+           layer_cache, cache_index):
     """One pre-norm transformer block (with Gemma 2's extra post-norms when configured).
 
-    Returns (x [B, T, E], the new tokens' keys and values [B, T, K, D])."""
-    attended, new_keys, new_values = _attention(
-        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, past_keys, past_values, cache_index)
+    Returns (x [B, T, E], the new tokens' keys and values [B, T, K, D], the updated layer cache or None)."""
+    attended, new_keys, new_values, layer_cache = _attention(
+        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, layer_cache, cache_index)
     if cfg.post_norms:
         attended = rms_norm(attended, layer["post_attn_norm"], cfg)
     x = x + attended
     mlp_out = _mlp(layer, rms_norm(x, layer["mlp_norm"], cfg), cfg)
     if cfg.post_norms:
         mlp_out = rms_norm(mlp_out, layer["post_mlp_norm"], cfg)
-    return x + mlp_out, new_keys, new_values
+    return x + mlp_out, new_keys, new_values, layer_cache
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,56 +373,100 @@ def unembed(params: Params, hidden: jax.Array, cfg: ModelConfig) -> jax.Array:
     return softcap(logits, cfg.final_logit_softcap)
 
 
+def compute_weights(params: Params, cfg: ModelConfig) -> Params:
+    """`params` with what the forward pass casts to the compute dtype on use (matmul weights, biases, embeddings,
+    LoRA adapters) cast once: a decode loop then reads bfloat16 weights per token, not float32 ones it converts.
+    Norm scales, which the forward pass reads in float32, and quantized weights stay as they are."""
+    dtype = jnp.dtype(cfg.dtype)
+
+    def cast(path, leaf):
+        is_norm = any("norm" in str(getattr(entry, "key", "")) for entry in path)
+        return leaf if is_norm or isinstance(leaf, QuantizedWeight) else leaf.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params, is_leaf=lambda node: isinstance(node, QuantizedWeight))
+
+
+def unstack_layers(params: Params) -> Params:
+    """`params` with the stacked layers ([L, ...] leaves) as a tuple of L per-layer trees, which an unrolled
+    forward pass (scan_layers false) uses as they are: the sampler slices the layers out once per call, not in
+    every decode step."""
+    return {**params, "layers": tuple(jax.tree.map(lambda leaf: leaf[index], params["layers"])
+                                      for index in range(jax.tree.leaves(params["layers"])[0].shape[0]))}
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+    """A stacked cache as per-layer arrays (see KVCache)."""
+    return KVCache(*(tuple(stacked[index] for index in range(stacked.shape[0])) for stacked in cache))
+
+
+def layer_list(params: Params) -> list[Params] | tuple[Params, ...]:
+    """The per-layer parameter trees of `params`, stacked or unstacked (`unstack_layers`)."""
+    if isinstance(params["layers"], tuple):
+        return params["layers"]
+    return [jax.tree.map(lambda leaf: leaf[index], params["layers"])
+            for index in range(jax.tree.leaves(params["layers"])[0].shape[0])]
+
+
 def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array,
                    cfg: ModelConfig, cache: KVCache | None = None, cache_index: jax.Array | int = 0,
                    segment_ids: jax.Array | None = None):
     """Runs the blocks and returns (hidden [B, T, E] before the final norm, updated cache or None).
 
     tokens, positions: [B, T] int32. key_valid: [B, S] bool, which key slots hold real tokens (S = T without a
-    cache; S = cache length with one, counting the T new slots at `cache_index`). segment_ids: [B, T] int32 or
-    None, for packed rows without a cache: a token attends only to earlier tokens of its own segment (give each
-    segment positions that start at 0, as an unpacked row would have).
+    cache; S = cache length with one, counting the T new slots at `cache_index`). With a cache the T tokens'
+    keys and values are written at `cache_index`, and they attend to the cache's slots up to their own; a
+    cache_index of the Python int 0 (a prefill, which can see no earlier slot) attends among the T tokens only
+    and fills a stacked cache. The unrolled form (scan_layers false) takes stacked or unstacked params, and a
+    decode step stacked or unstacked caches (`unstack_layers`, `unstack_cache`); the scanned form takes stacked
+    ones. segment_ids: [B, T] int32 or None, for packed rows
+    without a cache: a token attends only to earlier tokens of its own segment (give each segment positions that
+    start at 0, as an unpacked row would have).
     """
     if segment_ids is not None and cache is not None:
         raise ValueError("segment_ids (packed rows) work without a KV cache only")
     x = embed_tokens(params, tokens, cfg)
-    query_slots = cache_index + jnp.arange(tokens.shape[1])
+    length = tokens.shape[1]
     windows = jnp.asarray(layer_windows(cfg))
-    use_cache = cache is not None
+    prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
+    decode = cache is not None and not prefill
+    # Queries see the whole cache when decoding; otherwise only the T new tokens.
+    query_slots = cache_index + jnp.arange(length)
+    visible = key_valid if decode else key_valid[:, :length]
     same_segment = None if segment_ids is None else segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
 
-    def block(x, layer, window, past_keys, past_values):
-        mask = attention_mask(query_slots, key_valid, window)
+    def block(x, layer, window, layer_cache):
+        mask = attention_mask(query_slots, visible, window)
         if same_segment is not None:
             mask &= same_segment
-        return _block(layer, x, positions, mask, cfg, past_keys, past_values, cache_index)
+        return _block(layer, x, positions, mask, cfg, layer_cache, cache_index)
 
     if cfg.remat:
         block = jax.checkpoint(block, policy=REMAT_POLICIES[cfg.remat_policy])
 
-    # The cache is only read inside the layers; each layer hands back its new keys and values and one update
-    # writes all of them, so a decode step never copies the whole cache.
-    past = (cache.keys, cache.values) if use_cache else (None, None)
     if cfg.scan_layers:
         def scan_body(x, scanned):
-            layer, window, past_keys, past_values = scanned
-            x, new_keys, new_values = block(x, layer, window, past_keys, past_values)
-            return x, ((new_keys, new_values) if use_cache else None)
+            layer, window, *layer_cache = scanned
+            x, new_keys, new_values, layer_cache = block(x, layer, window, tuple(layer_cache) if decode else None)
+            return x, (layer_cache if decode else (new_keys, new_values) if prefill else None)
 
-        x, new_entries = jax.lax.scan(scan_body, x, (params["layers"], windows, *past))
+        x, produced = jax.lax.scan(scan_body, x, (params["layers"], windows, *(cache if decode else ())))
     else:
-        entries = []
-        for index in range(cfg.num_layers):
-            layer = jax.tree.map(lambda leaf: leaf[index], params["layers"])
-            x, new_keys, new_values = block(x, layer, windows[index], *(p[index] if use_cache else None for p in past))
-            entries.append((new_keys, new_values))
-        new_entries = jax.tree.map(lambda *layers: jnp.stack(layers), *entries) if use_cache else None
-    if not use_cache:
+        outputs = []
+        for index, layer in enumerate(layer_list(params)):
+            layer_cache = (cache.keys[index], cache.values[index]) if decode else None
+            x, new_keys, new_values, layer_cache = block(x, layer, windows[index], layer_cache)
+            outputs.append(layer_cache if decode else (new_keys, new_values))
+        produced = None if cache is None else (tuple(zip(*outputs)) if decode else
+                                                jax.tree.map(lambda *layers: jnp.stack(layers), *outputs))
+    if cache is None:
         return x, None
-    start = (0, 0, cache_index, 0, 0)
-    new_keys, new_values = new_entries  # [L, B, T, K, D]
-    return x, KVCache(jax.lax.dynamic_update_slice(cache.keys, new_keys.astype(cache.keys.dtype), start),
-                      jax.lax.dynamic_update_slice(cache.values, new_values.astype(cache.values.dtype), start))
+    if decode:  # each layer wrote its own cache
+        if isinstance(cache.keys, tuple) or cfg.scan_layers:
+            return x, KVCache(*produced)
+        return x, KVCache(*(jnp.stack(layers) for layers in produced))
+    # A prefill: the new entries ([L, B, T, K, D] each) go into slots 0 .. T-1.
+    return x, KVCache(*(jax.lax.dynamic_update_slice(stored, new.astype(stored.dtype), (0,) * stored.ndim)
+                        for stored, new in zip(cache, cache_layout(*produced))))
 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array, cfg: ModelConfig,

@@ -57,7 +57,8 @@ AXIS_RULES: Rules = types.MappingProxyType({
     "lora_rank": (),
 })
 
-CACHE_AXES = ("layers", "cache_batch", "cache_sequence", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "cache_batch", "kv_heads", "cache_sequence", "head_dim")  # the cache's values
+CACHE_KEY_AXES = ("layers", "cache_batch", "kv_heads", "head_dim", "cache_sequence")  # its keys
 
 
 def _is_param_spec(node) -> bool:
@@ -126,10 +127,10 @@ def rows_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = AXIS_RULES) -
 
 def cache_sharding(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, max_length: int,
                    rules: Rules = AXIS_RULES) -> KVCache:
-    """Shardings of a KVCache whose keys and values are [L, B, S, K, D]."""
-    shape = (model_cfg.num_layers, batch_size, max_length, model_cfg.num_kv_heads, model_cfg.head_dim)
-    sharding = named_sharding(CACHE_AXES, shape, mesh, rules)
-    return KVCache(sharding, sharding)
+    """Shardings of a KVCache (keys [L, B, K, D, S], values [L, B, K, S, D])."""
+    values = (model_cfg.num_layers, batch_size, model_cfg.num_kv_heads, max_length, model_cfg.head_dim)
+    keys = (*values[:3], model_cfg.head_dim, max_length)
+    return KVCache(named_sharding(CACHE_KEY_AXES, keys, mesh, rules), named_sharding(CACHE_AXES, values, mesh, rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
-from rlreason.models.transformer import KVCache, Params, forward, forward_hidden, init_cache, positions_from_mask, unembed
+from rlreason.models.transformer import (KVCache, Params, compute_weights, forward, forward_hidden, init_cache,
+                                         positions_from_mask, unembed, unstack_cache, unstack_layers)
 from rlreason.sampling.tools import ToolTurns, force_observations, initial_turns, queue_observations
 
 
@@ -170,7 +171,7 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
                                    init_cache(cfg, prompts, prompt_length + max_new), 0)
     first_logits = unembed(params, hidden[:, -1:], cfg)[:, 0]  # [P, V]
     per_row = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)  # noqa: E731
-    cache = KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1))  # [L, B, S, K, D]
+    cache = unstack_cache(KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1)))  # per layer
     prompt_tokens, prompt_mask, key_valid = per_row(prompt_tokens), per_row(prompt_mask), per_row(prompt_valid)
     batch = prompts * group_size
     next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]
@@ -179,6 +180,9 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     step_keys = jax.vmap(jax.random.fold_in, (0, None)) if rng.ndim else jax.random.fold_in
 
     closing = None if tools is None else tools.closing_table(cfg.vocab_size)
+    # Decode steps run the layers unrolled, over weights (in the compute dtype) and caches sliced out once, here,
+    # not in every step.
+    decode_cfg, decode_params = dataclasses.replace(cfg, scan_layers=False), unstack_layers(compute_weights(params, cfg))
 
     def emit(state, index, logits):
         """Samples token `index` from `logits` [B, V] (or inserts a queued observation token) and records it."""
@@ -213,7 +217,7 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
         slot = prompt_length + index - 1  # where the previous token goes
         key_valid = key_valid.at[:, slot].set(True)
         positions = (next_position + index - 1)[:, None]
-        logits, cache = forward(params, last_token[:, None], positions, key_valid, cfg, cache, slot)
+        logits, cache = forward(decode_params, last_token[:, None], positions, key_valid, decode_cfg, cache, slot)
         record, token = emit(record, index, logits[:, 0])
         return index + 1, cache, key_valid, token, record
 

@@ -72,7 +72,7 @@ def test_local_shards_have_the_split_shapes(outputs, mesh, expected):
         assert outputs[f"{mesh}/shard_shape/{name}"].tolist() == shape, name
 
 
-@pytest.mark.parametrize("mesh, spec", [("8x1x1", [None, ["data", "fsdp"], None, "tensor", None]),
+@pytest.mark.parametrize("mesh, spec", [("8x1x1", [None, ["data", "fsdp"], "tensor", None, None]),
                                         ("1x2x4", [None, ["data", "fsdp"], None, None, None])])
 def test_cache_is_split_by_rows_and_kv_heads(outputs, mesh, spec):
     assert json.loads(str(outputs[f"{mesh}/cache_spec"])) == spec

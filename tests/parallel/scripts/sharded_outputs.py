@@ -54,7 +54,7 @@ def run(params, adam_state, tokens, mask, stop_tokens, rng, cache) -> dict[str, 
     """Everything the model computes, on whatever devices the arguments live on."""
     positions = positions_from_mask(mask)
     logits, _ = jax.jit(forward, static_argnums=4)(params, tokens, positions, mask, MODEL)
-    key_valid = jnp.concatenate([mask, jnp.zeros((BATCH, cache.keys.shape[2] - PROMPT_LENGTH), bool)], axis=1)
+    key_valid = jnp.concatenate([mask, jnp.zeros((BATCH, cache.values.shape[3] - PROMPT_LENGTH), bool)], axis=1)
     prefill_logits, cache = jax.jit(forward, static_argnums=4)(params, tokens, positions, key_valid, MODEL, cache)
     sample = jax.jit(generate, static_argnums=(5, 6))
     greedy = sample(params, tokens, mask, stop_tokens, rng, MODEL, GREEDY)
