@@ -201,6 +201,10 @@ class SamplingConfig:
     top_k: int = 0  # 0 disables
     top_p: float = 1.0
     max_prompt_length: int = 32
+    # 0: every GRPO batch keeps max_prompt_length prompt slots (one compiled step). N > 0: a batch's left padding
+    # is cut to its longest prompt rounded up to a multiple of N, as TRL pads to the batch's longest prompt: less
+    # prefill and update work when prompts are shorter than the maximum, one compiled step per width met.
+    prompt_bucket: int = 0
     max_completion_length: int = 64  # with tools: the policy's tokens and the inserted results together
     tools: ToolsConfig = ToolsConfig()
 
@@ -214,6 +218,8 @@ class SamplingConfig:
         _require(self.top_k >= 0, f"{path}.top_k", f"must be >= 0, got {self.top_k}")
         _require(self.max_completion_length > 0, f"{path}.max_completion_length", "must be > 0")
         _require(self.max_prompt_length > 0, f"{path}.max_prompt_length", "must be > 0")
+        _require(self.prompt_bucket >= 0, f"{path}.prompt_bucket", f"must be >= 0 (0: no trimming), got "
+                 f"{self.prompt_bucket}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +392,10 @@ class GRPOConfig:
     num_iterations: int = 1
     num_minibatches: int = 1  # optimizer updates per pass over the generation batch
     gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
+    # Run a prompt's forward pass once for all of its rows in a micro-batch (rlreason.rl.step.plan_split), its keys
+    # and values shared as the sampler's prefill shares them: the same result, less work where prompts are long
+    # next to the completions. false: once per row, as TRL does.
+    share_prompt_forward: bool = True
     # Rewards -> advantages (rlreason.rl.advantages)
     advantage_estimator: Literal["grpo", "rloo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
@@ -779,6 +789,9 @@ class Config:
                  f"must be < sampling.max_completion_length ({self.sampling.max_completion_length}), got "
                  f"{self.grpo.overlong_buffer_length}")
 
+        _require(not (self.sampling.prompt_bucket and self.grpo.dynamic_sampling == "refill"), "sampling.prompt_bucket",
+                 "must be 0 with grpo.dynamic_sampling=refill: the groups of several draws form one batch, so their "
+                 "prompts need one width")
         _require(not (self.lora.rank and self.grpo.sync_ref_model), "grpo.sync_ref_model",
                  "must be false with lora.rank > 0: the reference policy of a LoRA run is the frozen base itself")
         if self.grpo.rollout_source == "mcts":

@@ -40,6 +40,10 @@ def test_cross_field_validation():
         load_config(None, ["model.num_heads=2", "model.num_kv_heads=4"])
     with pytest.raises(ConfigError, match=r"'grpo.accuracy_reward' must name one of grpo.rewards"):
         load_config(None, ["grpo.accuracy_reward=gsm8k"])
+    with pytest.raises(ConfigError, match=r"'sampling.prompt_bucket' must be >= 0 \(0: no trimming\), got -8"):
+        load_config(None, ["sampling.prompt_bucket=-8"])
+    with pytest.raises(ConfigError, match=r"'sampling.prompt_bucket' must be 0 with grpo.dynamic_sampling=refill"):
+        load_config(None, ["sampling.prompt_bucket=8", "grpo.dynamic_sampling=refill"])
 
 
 def test_token_scoring_refuses_rewards_without_a_token_version():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rlreason.config import ModelConfig
-from rlreason.models.transformer import Params, forward_hidden, positions_from_mask, unembed
+from rlreason.models.transformer import KVCache, Params, forward_hidden, init_cache, positions_from_mask, unembed
 
 
 def scale_logits(logits: jax.Array, temperature: float) -> jax.Array:
@@ -68,10 +68,21 @@ def hidden_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg
 
 
 def completion_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-                      completion_tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+                      completion_tokens: jax.Array, cfg: ModelConfig, rows_per_prompt: int = 1) -> jax.Array:
     """The hidden states [B, Tc, E] that predict each completion token after its (left-padded) prompt, by one
-    full forward pass. prompt_tokens, prompt_mask: [B, Tp]; completion_tokens: [B, Tc]. Completion slots after
-    a stop token hold padding; they are attended by nothing that counts and are masked by the caller."""
+    forward pass. prompt_tokens, prompt_mask: [B, Tp]; completion_tokens: [B, Tc]. Completion slots after a stop
+    token hold padding; they are attended by nothing that counts and are masked by the caller.
+
+    `rows_per_prompt` > 1 says that each run of that many consecutive rows shares one prompt (a GRPO group, or
+    its share of a micro-batch): the prompt is then run once, and its keys and values serve all of its rows, as
+    the sampler's prefill does. The result is the same; the prompt's forward and backward work shrink by that
+    factor, which pays where prompts are long next to the completions.
+    """
+    if rows_per_prompt > 1:
+        # Each run's first row, taken by a reshape (rows sharded in whole runs stay where they are).
+        first = lambda rows: rows.reshape(-1, rows_per_prompt, *rows.shape[1:])[:, 0]  # noqa: E731
+        return _shared_prompt_hidden(params, first(prompt_tokens), first(prompt_mask), completion_tokens, cfg,
+                                     rows_per_prompt)
     tokens = jnp.concatenate([prompt_tokens, completion_tokens], axis=1)
     key_valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones(completion_tokens.shape, bool)], axis=1)
     positions = positions_from_mask(key_valid)
@@ -81,14 +92,35 @@ def completion_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask: jax
     return hidden[:, prompt_tokens.shape[1] - 1:]
 
 
+def _shared_prompt_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                          completion_tokens: jax.Array, cfg: ModelConfig, rows_per_prompt: int) -> jax.Array:
+    """completion_hidden with each of P prompts [P, Tp] run once for its `rows_per_prompt` consecutive rows of
+    completion_tokens [P * rows_per_prompt, Tc]: a prefill writes the prompts' keys and values into a cache, the
+    completions attend to it (gradients flow back through it to the prompts), and the hidden state of each
+    prompt's last slot predicts its rows' first completion token."""
+    prompts, prompt_length = prompt_tokens.shape
+    length = completion_tokens.shape[1] - 1  # the last completion token predicts nothing that is scored
+    prompt_valid = prompt_mask.astype(bool)
+    prompt_hidden, cache = forward_hidden(params, prompt_tokens, positions_from_mask(prompt_valid), prompt_valid, cfg,
+                                          init_cache(cfg, prompts, prompt_length + length), 0)
+    per_row = lambda x, axis=0: jnp.repeat(x, rows_per_prompt, axis=axis)  # noqa: E731
+    if length == 0:
+        return per_row(prompt_hidden[:, -1:])
+    cache = KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1))
+    key_valid = jnp.concatenate([per_row(prompt_valid), jnp.ones((cache.keys.shape[1], length), bool)], axis=1)
+    positions = per_row(jnp.sum(prompt_valid, axis=1, dtype=jnp.int32))[:, None] + jnp.arange(length)
+    hidden, _ = forward_hidden(params, completion_tokens[:, :-1], positions, key_valid, cfg, cache, prompt_length)
+    return jnp.concatenate([per_row(prompt_hidden[:, -1:]), hidden], axis=1)
+
+
 def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                         completion_tokens: jax.Array, cfg: ModelConfig, temperature: float,
-                        with_entropy: bool = False):
+                        with_entropy: bool = False, rows_per_prompt: int = 1):
     """Log-probs of completion tokens after their prompts (arguments as `completion_hidden`).
 
     Returns logprobs [B, Tc] float32 (and entropies [B, Tc] if `with_entropy`). With `cfg.logprob_chunk_size`
     > 0 the [B, Tc, V] logits never exist at once (see _chunked_token_stats).
     """
-    hidden = completion_hidden(params, prompt_tokens, prompt_mask, completion_tokens, cfg)
+    hidden = completion_hidden(params, prompt_tokens, prompt_mask, completion_tokens, cfg, rows_per_prompt)
     logprobs, entropy = hidden_token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy)
     return (logprobs, entropy) if with_entropy else logprobs

@@ -8,7 +8,6 @@ hosts. Where the batch is not split across processes (e.g. a tensor-only mesh), 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -16,12 +15,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rlreason.parallel.rules import AXIS_RULES, Rules, batch_sharding
+from rlreason.parallel.rules import AXIS_RULES, Rules, batch_shards, batch_sharding
 
 
 def process_rows(mesh: Mesh, global_batch_size: int, rules: Rules = AXIS_RULES) -> slice:
     """The rows of a global batch of `global_batch_size` rows that this process's devices hold."""
-    split = math.prod(mesh.shape[axis] for axis in rules["batch"])
+    split = batch_shards(mesh, rules)
     if global_batch_size % split:
         raise ValueError(f"a global batch of {global_batch_size} rows does not split evenly over the "
                          f"{split} devices of the batch axes {rules['batch']} (mesh {dict(mesh.shape)})")
@@ -44,6 +43,19 @@ def global_batch(local_rows: Any, mesh: Mesh, global_batch_size: int, rules: Rul
         return jax.make_array_from_process_local_data(batch_sharding(mesh, rows.ndim, rules), rows,
                                                       (global_batch_size, *rows.shape[1:]))
     return jax.tree.map(assemble, local_rows)
+
+
+def trim_prompt_padding(rows: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """This process's prompt rows (left-padded prompt_tokens and prompt_mask [P, Tp], ...) with the padding
+    columns that no prompt of the GLOBAL batch uses cut away: Tp becomes the longest prompt of any process's rows,
+    rounded up to a multiple of `multiple` (never more than Tp). Every process cuts to the same width."""
+    longest = int(rows["prompt_mask"].sum(axis=1).max(initial=1))
+    if jax.process_count() > 1:
+        longest = int(np.max(multihost_utils.process_allgather(np.asarray(longest))))
+    width = rows["prompt_tokens"].shape[1]
+    kept = min(width, -(-longest // multiple) * multiple)
+    return {**rows, "prompt_tokens": rows["prompt_tokens"][:, width - kept:],
+            "prompt_mask": rows["prompt_mask"][:, width - kept:]}
 
 
 def gather_rows(tree: Any) -> Any:

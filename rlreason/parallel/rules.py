@@ -113,6 +113,11 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, model_cfg: Mode
                                  spec_shardings(specs, mesh, rules), transform_non_params=lambda _: replicated(mesh))
 
 
+def batch_shards(mesh: Mesh, rules: Rules = AXIS_RULES) -> int:
+    """How many blocks a batch's rows are split into: the devices of the `batch` rule's mesh axes."""
+    return math.prod(mesh.shape[axis] for axis in rules["batch"])
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = AXIS_RULES) -> NamedSharding:
     """Rows [B, ...] split by the `batch` rule, other dims replicated. B must be divisible by the split."""
     return NamedSharding(mesh, PartitionSpec(rules["batch"] or None, *([None] * (ndim - 1))))

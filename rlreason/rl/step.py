@@ -17,8 +17,11 @@ Shapes: P prompts, G = num_generations, B = P * G rows (group-contiguous), Tp pr
 length, K reward functions, U = B / num_minibatches rows per optimizer update.
 
 Minibatches, micro-batches and the no-gradient forward passes take rows strided (`split_rows`: part p holds
-rows p, p + parts, ...), not in contiguous blocks: the mesh holds rows in contiguous blocks per device, so a
-strided part takes its share of every device's block and no device computes another device's rows.
+units p, p + parts, ... of `RowSplit.unit` rows), not in contiguous blocks: the mesh holds rows in contiguous
+blocks per device, so a strided part takes its share of every device's block and no device computes another
+device's rows. A unit is a prompt's whole group where every device's prompts divide among the parts, so that a
+part's forward pass runs each of its prompts once for all of the prompt's rows (`RowSplit.rows_per_prompt`,
+rlreason.models.logprobs.completion_hidden); otherwise a single row.
 """
 
 from __future__ import annotations
@@ -51,14 +54,40 @@ from rlreason.verifiers.lenient import verdicts
 Scorer = Callable[..., jax.Array]
 
 
-def split_rows(x: jax.Array, parts: int) -> jax.Array:
-    """[B, ...] -> [parts, B / parts, ...], part p holding rows p, p + parts, p + 2 * parts, ..."""
-    return jnp.swapaxes(x.reshape(-1, parts, *x.shape[1:]), 0, 1)
+class RowSplit(NamedTuple):
+    """How a batch of group-contiguous rows (each prompt's rows next to each other) splits into `parts` parts:
+    `unit` consecutive rows go to a part together; each part then holds `prompts` runs of `rows_per_prompt`
+    consecutive rows that share a prompt (1: no two rows of a part share one)."""
+
+    parts: int
+    unit: int
+    prompts: int
+    rows_per_prompt: int
 
 
-def merge_rows(x: jax.Array) -> jax.Array:
+def plan_split(prompts: int, rows_per_prompt: int, parts: int, row_shards: int, share_prompts: bool) -> RowSplit:
+    """The split of `prompts` runs of `rows_per_prompt` rows, held in `row_shards` contiguous blocks (devices),
+    into `parts`: whole prompts where every block's prompts divide among the parts (each device keeps its rows),
+    else single rows strided, whose parts still hold rows_per_prompt / parts rows of every prompt where that
+    divides. Without `share_prompts`, single rows strided and no runs."""
+    if share_prompts and prompts % (row_shards * parts) == 0:
+        return RowSplit(parts, rows_per_prompt, prompts // parts, rows_per_prompt)
+    if share_prompts and rows_per_prompt % parts == 0:
+        return RowSplit(parts, 1, prompts, rows_per_prompt // parts)
+    return RowSplit(parts, 1, prompts * rows_per_prompt // parts, 1)
+
+
+def split_rows(x: jax.Array, split: RowSplit) -> jax.Array:
+    """[B, ...] -> [parts, B / parts, ...], part p holding units p, p + parts, p + 2 * parts, ... of split.unit
+    rows."""
+    units = x.reshape(-1, split.parts, split.unit, *x.shape[1:])
+    return jnp.swapaxes(units, 0, 1).reshape(split.parts, -1, *x.shape[1:])
+
+
+def merge_rows(x: jax.Array, split: RowSplit) -> jax.Array:
     """The inverse of split_rows: [parts, B / parts, ...] -> [B, ...]."""
-    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+    units = x.reshape(split.parts, -1, split.unit, *x.shape[2:])
+    return jnp.swapaxes(units, 0, 1).reshape(-1, *x.shape[2:])
 
 
 @struct.dataclass
@@ -152,7 +181,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         row_sharding: Callable[[Any], Any] = lambda rows: rows,
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state,
                         lora: LoraConfig = LoraConfig(),
-                        process_reward: ProcessReward | None = None) -> GRPOFunctions:
+                        process_reward: ProcessReward | None = None, row_shards: int = 1) -> GRPOFunctions:
     """Builds the (uncompiled) pure functions of a GRPO step; `compile_grpo` jits them.
 
     `tools`: the run's tool turns (rlreason.sampling.tools; None: none). The rollout then holds the tools'
@@ -163,7 +192,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
     defaults leave placement to the compiler. `lora`: how a LoRA run's adapters (state.params) apply to its base
     (state.base); unused in full fine-tuning. `process_reward`: process supervision by a PRM (None: outcome
-    rewards only).
+    rewards only). `row_shards`: the devices the rows are split over, for the row splits (`plan_split`).
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
@@ -177,7 +206,18 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     aggregation = LOSS_AGGREGATIONS[grpo.loss_type]
     correction = OFF_POLICY_CORRECTIONS[grpo.off_policy_correction]
     off_policy_settings = OffPolicySettings(grpo.off_policy_cap, grpo.off_policy_mask_low, grpo.off_policy_mask_high)
-    forward_chunks = grpo.num_minibatches * grpo.gradient_accumulation_steps  # rows per forward = a micro-batch
+
+    def forward_split(rows: int) -> RowSplit:
+        """The no-gradient forward passes' split of a rollout's `rows`: a micro-batch at a time, like the updates."""
+        return plan_split(rows // group_size, group_size, grpo.num_minibatches * grpo.gradient_accumulation_steps,
+                          row_shards, grpo.share_prompt_forward)
+
+    def update_splits(rows: int) -> tuple[RowSplit, RowSplit]:
+        """(minibatches of the rollout's `rows`, micro-batches of a minibatch)."""
+        minibatch = plan_split(rows // group_size, group_size, grpo.num_minibatches, row_shards,
+                               grpo.share_prompt_forward)
+        return minibatch, plan_split(minibatch.prompts, minibatch.rows_per_prompt, grpo.gradient_accumulation_steps,
+                                     row_shards, grpo.share_prompt_forward)
 
     def policy(state: TrainState):
         return model_params(state.params, state.base, lora)
@@ -196,16 +236,18 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     def batch_logprobs(params, roll: Rollout):
         """Log-probs and entropies [B, Tc] of the rollout's tokens by a forward pass without gradient, one
         micro-batch of rows at a time."""
+        split = forward_split(roll.tokens.shape[0])
         logprobs, entropy = jax.lax.map(
-            lambda rows: completion_logprobs(params, *row_sharding(rows), model_cfg, temperature, with_entropy=True),
-            tuple(split_rows(x, forward_chunks) for x in (roll.prompt_tokens, roll.prompt_mask, roll.tokens)))
-        return jax.lax.stop_gradient(merge_rows(logprobs)), jax.lax.stop_gradient(merge_rows(entropy))
+            lambda rows: completion_logprobs(params, *row_sharding(rows), model_cfg, temperature, with_entropy=True,
+                                             rows_per_prompt=split.rows_per_prompt),
+            tuple(split_rows(x, split) for x in (roll.prompt_tokens, roll.prompt_mask, roll.tokens)))
+        return jax.lax.stop_gradient(merge_rows(logprobs, split)), jax.lax.stop_gradient(merge_rows(entropy, split))
 
-    def micro_batch_loss(params, base, rows, denominator):
+    def micro_batch_loss(params, base, rows, denominator, rows_per_prompt: int):
         """Loss of a micro-batch of rows: (numerator / update-batch denominator, token sums for the metrics)."""
         logprobs, entropy = completion_logprobs(model_params(params, base, lora), rows["prompt_tokens"],
                                                 rows["prompt_mask"], rows["tokens"], model_cfg, temperature,
-                                                with_entropy=True)
+                                                with_entropy=True, rows_per_prompt=rows_per_prompt)
         mask = rows["loss_mask"]
         terms = token_loss(logprobs, entropy, rows["old_logprobs"], rows.get("ref_logprobs"), rows["advantages"],
                            rows["is_weights"], mask)
@@ -217,7 +259,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         masked_sum(terms.high_clipped), jnp.zeros((), bool))
         return loss, stats
 
-    def update(state: TrainState, rows, generation_tokens):
+    def update(state: TrainState, rows, generation_tokens, micro_split: RowSplit):
         """One optimizer update on U rows, its gradient summed over `gradient_accumulation_steps` micro-batches.
 
         Every micro-batch divides by the denominator of all U rows, so the summed gradient is exactly the
@@ -225,11 +267,12 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         the optimizer state as they were: one NaN would otherwise poison both for the rest of the run.
         """
         denominator = aggregation.denominator(rows["loss_mask"], generation_tokens, grpo.num_minibatches)
-        micro_batches = jax.tree.map(lambda x: split_rows(x, grpo.gradient_accumulation_steps), rows)
+        micro_batches = jax.tree.map(lambda x: split_rows(x, micro_split), rows)
 
         def accumulate(grads_sum, micro_rows):
             grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, state.base,
-                                                                    row_sharding(micro_rows), denominator)
+                                                                    row_sharding(micro_rows), denominator,
+                                                                    micro_split.rows_per_prompt)
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
         grads, micro = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, state.params), micro_batches)
@@ -304,11 +347,12 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         if grpo.beta > 0:
             rows["ref_logprobs"] = batch_logprobs(reference(state), roll)[0]
         generation_tokens = jnp.sum(loss_mask)
-        minibatches = jax.tree.map(lambda x: split_rows(x, grpo.num_minibatches), rows)
+        minibatch_split, micro_split = update_splits(roll.tokens.shape[0])
+        minibatches = jax.tree.map(lambda x: split_rows(x, minibatch_split), rows)
         params_before = state.params
 
         def one_pass(state, _):
-            return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens), state, minibatches)
+            return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens, micro_split), state, minibatches)
 
         state, learned = jax.lax.scan(one_pass, state, None, length=grpo.num_iterations)
         learned = jax.tree.map(lambda x: x.reshape(-1), learned)

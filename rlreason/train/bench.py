@@ -72,7 +72,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
     bar = progress_bar(total=2 * (TIMED_STEPS + 1), desc="bench", unit="step", show=show_progress)
     with tempfile.TemporaryDirectory() as scratch, bar:
         model_dir = cfg.train.model_dir or _random_model_dir(cfg, scratch)
-        figures = {"fused": [], "rollout": [], "score": [], "reference": [], "learn": [], "tokens": [], "decoded": []}
+        figures = {"fused": [], "rollout": [], "score": [], "reference": [], "learn": [], "tokens": [], "decoded": [],
+                   "prompt_width": []}
         for split in (False, True):
             run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
                 cfg.train, model_dir=model_dir, split_step=split, steps=TIMED_STEPS + 1))
@@ -82,14 +83,19 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
             if not split:
                 state, first_step_s = _timed(lambda s, b: trainer.step_fn(s, b)[0], state, batches[0])
                 bar.update()
+                # With sampling.prompt_bucket the batches may come in several prompt widths, each compiled once:
+                # one untimed step per further width, so that the timed steps compile nothing.
+                for batch in {batch["prompt_tokens"].shape[1]: batch for batch in batches[1:]}.values():
+                    if batch["prompt_tokens"].shape[1] != batches[0]["prompt_tokens"].shape[1]:
+                        state = jax.block_until_ready(trainer.step_fn(state, batch)[0])
                 for batch in batches[1:]:
                     (state, metrics, _), seconds = _timed(trainer.step_fn, state, batch)
                     figures["fused"].append(seconds)
                     figures["tokens"].append(float(metrics["completion_tokens"]))
                     figures["decoded"].append(float(metrics["completion_length_max"]))  # decode-loop steps
+                    figures["prompt_width"].append(batch["prompt_tokens"].shape[1])
                     bar.update()
                     bar.set_postfix(step_s=f"{seconds:.2f}")
-                prompt_width = batches[0]["prompt_tokens"].shape[1]
                 state_bytes = {"params": max_device_bytes(state.params), "opt_state": max_device_bytes(state.opt_state),
                                "params_total": _tree_bytes(state.params), "opt_state_total": _tree_bytes(state.opt_state),
                                "base": max_device_bytes(state.base) if state.base is not None else 0}
@@ -97,6 +103,7 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
             rollout, score = jax.jit(trainer.functions.rollout), jax.jit(trainer.functions.score)
             learn = jax.jit(trainer.functions.learn, donate_argnums=0)
             reference = jax.jit(trainer.functions.reference_logprobs)
+            widths = [batch["prompt_tokens"].shape[1] for batch in batches]
             for index, batch in enumerate(batches):
                 rng, sample_rng = jax.random.split(state.rng)
                 roll, rollout_s = _timed(rollout, trainer.functions.policy(state), batch, sample_rng)
@@ -106,15 +113,15 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
                 _, reference_s = _timed(reference, state, roll) if cfg.grpo.beta > 0 else (None, 0.0)
                 (state, *_), learn_s = _timed(learn, state.replace(rng=rng), roll, rewards)
                 bar.update()
-                if index:  # the first call of each phase compiles
+                if widths[index] in widths[:index]:  # the first call of each phase at each prompt width compiles
                     figures["rollout"].append(rollout_s)
                     figures["score"].append(score_s)
                     figures["reference"].append(reference_s)
                     figures["learn"].append(learn_s)
     median = {key: statistics.median(values) for key, values in figures.items()}
     rows = cfg.train.batch_size * cfg.grpo.num_generations
-    flops = grpo_step_flops(trainer.model_cfg, rows, prompt_width, round(median["decoded"]), cfg.grpo.beta > 0,
-                            cfg.grpo.num_iterations, weight_gradients=not cfg.lora.rank)
+    flops = grpo_step_flops(trainer.model_cfg, rows, round(median["prompt_width"]), round(median["decoded"]),
+                            cfg.grpo.beta > 0, cfg.grpo.num_iterations, weight_gradients=not cfg.lora.rank)
     peak = run_peak_flops(jax.numpy.dtype(trainer.model_cfg.dtype))
     memory, memory_source = peak_memory_bytes()
     programs = cache_counts()

@@ -54,7 +54,7 @@ from jax.sharding import Mesh
 from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
-from rlreason.parallel.rules import Rules, rows_sharding
+from rlreason.parallel.rules import Rules, batch_shards, rows_sharding
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.sampling.tools import make_tool_turns
@@ -165,7 +165,7 @@ class Evaluator:
                  sets: Sequence[EvalSet]):
         self.cfg, self.tokenizer, self.mesh, self.rules, self.sets = cfg, tokenizer, mesh, rules, tuple(sets)
         self.num_samples = k = cfg.eval.num_samples
-        split = math.prod(mesh.shape[axis] for axis in rules["batch"])
+        split = batch_shards(mesh, rules)
         wanted = min(cfg.eval.batch_size, max(len(eval_set.prompts) for eval_set in self.sets))
         self.problems_per_call = -(-wanted // split) * split
         sampling = SamplingParams.from_config(cfg.sampling, temperature=cfg.eval.temperature)

@@ -44,12 +44,12 @@ from rlreason.data.pipeline import prompt_batches
 from rlreason.models.store import load_model, load_model_config, load_model_tokenizer, run_model_config, save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.distributed import initialize, is_main_process
-from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
+from rlreason.parallel.host_data import gather_rows, global_batch, process_rows, trim_prompt_padding
 from rlreason.parallel.mesh import make_mesh
 from rlreason.models.lora import (adapter_specs, base_specs, check_quantizable, init_adapters, merge_adapters,
                                   quantize_base)
-from rlreason.parallel.rules import (axis_rules, opt_state_shardings, param_shardings, replicated, rows_sharding,
-                                     spec_shardings)
+from rlreason.parallel.rules import (axis_rules, batch_shards, opt_state_shardings, param_shardings, replicated,
+                                     rows_sharding, spec_shardings)
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.progress import progress_bar
 from rlreason.rl.step import (GRPOFunctions, ProcessReward, Refill, TrainState, compile_grpo, init_train_state,
@@ -230,12 +230,16 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
         learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer), row_sharding=rows_layout,
         state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora,
-        process_reward=process_reward)
+        process_reward=process_reward, row_shards=batch_shards(mesh, rules))
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
     batches = prompt_batches(prompts, cfg.train.batch_size, seed=cfg.train.seed,
                              rows=process_rows(mesh, cfg.train.batch_size, rules))
-    prompt_batch = lambda rows: global_batch(rows, mesh, cfg.train.batch_size, rules)  # noqa: E731
+    def prompt_batch(rows):
+        if cfg.sampling.prompt_bucket:
+            rows = trim_prompt_padding(rows, cfg.sampling.prompt_bucket)
+        return global_batch(rows, mesh, cfg.train.batch_size, rules)
+
     refill = (Refill(lambda: prompt_batch(next(batches)), grpo.max_sampling_draws)
               if grpo.dynamic_sampling == "refill" else None)
     search_rollout = None

@@ -4,12 +4,11 @@ the config key or file at fault and what to change."""
 
 from __future__ import annotations
 
-import math
 
 from jax.sharding import Mesh
 
 from rlreason.config import Config, ConfigError
-from rlreason.parallel.rules import Rules
+from rlreason.parallel.rules import Rules, batch_shards
 from rlreason.tokenizers import Tokenizer, TokenizerError
 from rlreason.tokenizers.templates import check_reasoning_tags, render_prompt
 from rlreason.verifiers.base import get_reward_fn
@@ -21,7 +20,7 @@ R1_TEMPLATES = ("r1_zero", "r1_short")
 def check_batch_geometry(cfg: Config, mesh: Mesh, rules: Rules) -> None:
     """train.batch_size must split evenly over the devices of the batch's mesh axes (data and fsdp)."""
     axes = rules["batch"]
-    split = math.prod(mesh.shape[axis] for axis in axes)
+    split = batch_shards(mesh, rules)
     if cfg.train.batch_size % split:
         sizes = " * ".join(f"mesh.{axis}={mesh.shape[axis]}" for axis in axes)
         raise ConfigError(f"config key 'train.batch_size' ({cfg.train.batch_size} prompts) must be a multiple of "

@@ -1,4 +1,5 @@
-"""Completion log-probs and entropies, whole or in chunks of positions (`model.logprob_chunk_size`).
+"""Completion log-probs and entropies, whole or in chunks of positions (`model.logprob_chunk_size`), and with a
+prompt's forward pass shared by its rows.
 
 Chunking changes only which positions' logits exist at once: per-token values are the same operations on the
 same inputs, and the gradient sums the same per-token terms grouped by chunk, so both agree with the
@@ -69,6 +70,39 @@ def test_chunks_give_the_whole_completions_values_and_gradients(chunk):
     difference = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(chunk_grads),
                                                                    jax.tree.leaves(whole_grads))))
     assert difference <= tolerance * jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(whole_grads)))
+
+
+@pytest.mark.parametrize("family", [{}, {"sliding_window": 3, "sliding_window_pattern": 2}])
+@pytest.mark.parametrize("rows_per_prompt", [2, 4])
+def test_a_shared_prompt_forward_gives_each_rows_values_and_gradients(rows_per_prompt, family):
+    """Runs of rows that share a prompt (left-padded, one a single token) computed with the prompt run once and its
+    keys and values shared (rows_per_prompt) equal the per-row forward pass, log-probs, entropies and gradients;
+    only summation orders differ, over the sequence, hidden and vocabulary axes of each layer."""
+    cfg = dataclasses.replace(TINY, **family)
+    params = init_params(cfg, jax.random.key(1))
+    prompt, prompt_mask, _, _ = inputs(cfg)
+    rng = np.random.default_rng(4)
+    rows = ROWS * rows_per_prompt
+    completion = jnp.asarray(rng.integers(1, cfg.vocab_size, (rows, COMPLETION)), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(rows, COMPLETION)), jnp.float32)
+    repeated = [jnp.repeat(x, rows_per_prompt, axis=0) for x in (prompt, prompt_mask)]
+
+    def objective(params, shared):
+        logprobs, entropy = completion_logprobs(params, *repeated, completion, cfg, 0.9, with_entropy=True,
+                                                rows_per_prompt=shared)
+        return jnp.sum(weights * logprobs) + jnp.sum(entropy), (logprobs, entropy)
+
+    (per_row_value, per_row), per_row_grads = jax.value_and_grad(objective, has_aux=True)(params, 1)
+    (shared_value, shared), shared_grads = jax.value_and_grad(objective, has_aux=True)(params, rows_per_prompt)
+    terms = cfg.num_layers * (PROMPT + COMPLETION + cfg.hidden_size + cfg.intermediate_size) + cfg.vocab_size
+    for expected, got in zip(per_row, shared):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2 * terms * UNIT_ROUNDOFF
+                                   * max(1.0, float(np.max(np.abs(expected)))))
+    tolerance = 2 * (rows * COMPLETION + terms) * UNIT_ROUNDOFF
+    np.testing.assert_allclose(shared_value, per_row_value, rtol=tolerance)
+    difference = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(shared_grads),
+                                                                   jax.tree.leaves(per_row_grads))))
+    assert difference <= tolerance * jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(per_row_grads)))
 
 
 def test_chunked_logits_keep_a_152k_vocabulary_update_small():

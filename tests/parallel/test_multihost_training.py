@@ -4,6 +4,9 @@ process of 4 devices computes on the same mesh, and writes its outputs once, not
 Two layouts of the run in tests/parallel/grpo_run_settings.py, 3 steps each:
   fsdp_across_processes   mesh 1x2x2, 8 prompts: each process holds half of every weight matrix (FSDP across the
                           process boundary), loads and samples 4 of the prompts, and saves its half of the model.
+                          Operands of 1 or 2 digits, not zero-padded, make prompts of several lengths, and each
+                          batch is cut to its longest prompt (sampling.prompt_bucket=1): the processes agree on
+                          a width that neither's own 4 prompts may show.
   group_across_processes  mesh 1x1x4, 3 prompts x 4 completions: the tensor axis spans both processes and every
                           process feeds all prompts. Scoring splits the 12 rows over all 4 devices, 3 each, so
                           group 1 (rows 4-7) is scored on both processes (rows 4, 5 on device 1 of process 0;
@@ -39,7 +42,8 @@ pytestmark = pytest.mark.multiprocess
 
 STEPS = 3
 LAYOUTS = {
-    "fsdp_across_processes": ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", "train.batch_size=8"],
+    "fsdp_across_processes": ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", "train.batch_size=8", "task.max_digits=2",
+                              "task.zero_pad=false", "sampling.prompt_bucket=1"],
     "group_across_processes": ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=4", "train.batch_size=3"],
 }
 

@@ -11,6 +11,7 @@ import pytest
 
 from test_advantages import reference as numpy_advantages
 from tiny_run import tiny_config
+from rlreason.rl.step import RowSplit, merge_rows, plan_split, split_rows
 from rlreason.train.loop import build_trainer
 
 REWARD_WEIGHTS = np.asarray([reward.weight for reward in tiny_config().grpo.rewards])
@@ -76,6 +77,34 @@ def test_gradient_accumulation_gives_the_single_batch_update(tiny_base_model, lo
     assert_same_trees(params_one, params_four, rtol=1e-5, atol=1e-7)
 
 
+def test_shared_prompt_forwards_give_the_per_row_update(tiny_base_model):
+    """Each micro-batch holds two whole groups; its forward passes (policy and reference) run each prompt once for
+    its four rows or once per row (grpo.share_prompt_forward): the same update, KL and entropy, to float rounding."""
+    settings = ("grpo.gradient_accumulation_steps=2", "grpo.beta=0.04")
+    params_shared, shared = run_steps(tiny_base_model, 1, *settings)
+    params_rows, rows = run_steps(tiny_base_model, 1, *settings, "grpo.share_prompt_forward=false")
+    for key in ("loss", "grad_norm", "kl", "entropy", "ratio_mean"):
+        np.testing.assert_allclose(shared[0][key], rows[0][key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert_same_trees(params_shared, params_rows, rtol=1e-5, atol=1e-7)
+
+
+def test_row_splits_keep_groups_whole_where_every_device_can():
+    """plan_split by hand: 8 prompts x 4 rows into 2 parts on 1 device go as whole groups (prompts 0, 2, 4, 6 in
+    part 0); on 8 devices (one group each) single rows strided, 2 rows of each prompt per part; 3 parts of
+    groups of 4 share nothing. split_rows and merge_rows are inverses."""
+    assert plan_split(8, 4, 2, 1, True) == RowSplit(parts=2, unit=4, prompts=4, rows_per_prompt=4)
+    assert plan_split(8, 4, 2, 8, True) == RowSplit(parts=2, unit=1, prompts=8, rows_per_prompt=2)
+    assert plan_split(8, 4, 3, 1, True).rows_per_prompt == 1  # 8 prompts do not divide in 3; nor do 4 rows
+    assert plan_split(8, 4, 2, 1, False) == RowSplit(parts=2, unit=1, prompts=16, rows_per_prompt=1)
+    rows = jnp.arange(32)
+    whole = split_rows(rows, plan_split(8, 4, 2, 1, True))
+    np.testing.assert_array_equal(whole[0], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27])
+    strided = split_rows(rows, plan_split(8, 4, 2, 8, True))
+    np.testing.assert_array_equal(strided[0], np.arange(0, 32, 2))
+    for split in (plan_split(8, 4, 2, 1, True), plan_split(8, 4, 2, 8, True)):
+        np.testing.assert_array_equal(merge_rows(split_rows(rows, split), split), rows)
+
+
 def test_on_policy_step_reports_zero_loss_with_a_nonzero_gradient(tiny_base_model):
     _, history = run_steps(tiny_base_model, 1)  # num_iterations 1, beta 0 (the tiny config's)
     metrics = history[0]
@@ -111,7 +140,7 @@ def sample_arrays(samples):
 
 def update_losses(loss_type, advantages, lengths, width, num_updates):
     """On-policy (ratio 1, beta 0) each token's loss is -A_i: each update's loss by the ALGORITHMS.md table. Update u
-    takes every num_updates-th row from row u (the step splits rows strided)."""
+    takes every num_updates-th row from row u (without shared prompt forwards the step splits rows strided)."""
     losses = []
     for rows in (np.arange(len(lengths))[update::num_updates] for update in range(num_updates)):
         token_sum = -np.sum(advantages[rows] * lengths[rows])
@@ -124,10 +153,13 @@ def update_losses(loss_type, advantages, lengths, width, num_updates):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_reported_loss_follows_the_loss_type_normalisation(tiny_base_model, loss_type):
     """Two minibatches of two micro-batches each, at a learning rate too small to move the policy: the loss the
-    step reports equals each loss_type's formula computed here from the step's own samples, and not the others'."""
+    step reports equals each loss_type's formula computed here from the step's own samples, and not the others'.
+    Rows split strided (no shared prompt forwards): minibatches of whole groups would hold near-equal token counts
+    here, where bnpo and dapo coincide."""
     _, _, history, samples = run_steps_with_samples(
         tiny_base_model, 1, f"grpo.loss_type={loss_type}", "grpo.num_minibatches=2",
-        "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0")
+        "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0",
+        "grpo.share_prompt_forward=false")
     rewards, lengths, _ = sample_arrays(samples[0])
     advantages = numpy_advantages(rewards, 4, "grpo", SCALE_REWARDS)
     width = samples[0].rollout.tokens.shape[1]
