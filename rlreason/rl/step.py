@@ -19,9 +19,10 @@ length, K reward functions, U = B / num_minibatches rows per optimizer update.
 Minibatches, micro-batches and the no-gradient forward passes take rows strided (`split_rows`: part p holds
 units p, p + parts, ... of `RowSplit.unit` rows), not in contiguous blocks: the mesh holds rows in contiguous
 blocks per device, so a strided part takes its share of every device's block and no device computes another
-device's rows. A unit is a prompt's whole group where every device's prompts divide among the parts, so that a
-part's forward pass runs each of its prompts once for all of the prompt's rows (`RowSplit.rows_per_prompt`,
-rlreason.models.logprobs.completion_hidden); otherwise a single row.
+device's rows. A minibatch's unit is one row on every mesh, so each optimizer update sees the same rows on any
+number of devices; a micro-batch's or forward chunk's unit is all of a prompt's rows where every device's
+prompts divide among the parts. Either way a part's forward pass runs each of its prompts once for all of the
+prompt's rows it holds (`RowSplit.rows_per_prompt`, rlreason.models.logprobs.completion_hidden).
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ class RowSplit(NamedTuple):
     rows_per_prompt: int
 
 
-def plan_split(prompts: int, rows_per_prompt: int, parts: int, row_shards: int, share_prompts: bool) -> RowSplit:
+def plan_split(prompts: int, rows_per_prompt: int, parts: int, row_shards: int, share_prompts: bool,
+               whole_runs: bool) -> RowSplit:
     """The split of `prompts` runs of `rows_per_prompt` rows, held in `row_shards` contiguous blocks (devices),
-    into `parts`: whole prompts where every block's prompts divide among the parts (each device keeps its rows),
-    else single rows strided, whose parts still hold rows_per_prompt / parts rows of every prompt where that
-    divides. Without `share_prompts`, single rows strided and no runs."""
-    if share_prompts and prompts % (row_shards * parts) == 0:
+    into `parts`. With `whole_runs`, whole runs go to a part where every block's runs divide among the parts
+    (each device keeps its rows): for micro-batches and forward chunks, whose results do not depend on which rows
+    go together. Otherwise single rows strided, the same on every mesh (minibatches: each is an optimizer
+    update); their parts still hold rows_per_prompt / parts rows of every prompt where that divides. Without
+    `share_prompts`, single rows strided and no runs."""
+    if share_prompts and whole_runs and prompts % (row_shards * parts) == 0:
         return RowSplit(parts, rows_per_prompt, prompts // parts, rows_per_prompt)
     if share_prompts and rows_per_prompt % parts == 0:
         return RowSplit(parts, 1, prompts, rows_per_prompt // parts)
@@ -210,14 +214,15 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     def forward_split(rows: int) -> RowSplit:
         """The no-gradient forward passes' split of a rollout's `rows`: a micro-batch at a time, like the updates."""
         return plan_split(rows // group_size, group_size, grpo.num_minibatches * grpo.gradient_accumulation_steps,
-                          row_shards, grpo.share_prompt_forward)
+                          row_shards, grpo.share_prompt_forward, whole_runs=True)
 
     def update_splits(rows: int) -> tuple[RowSplit, RowSplit]:
-        """(minibatches of the rollout's `rows`, micro-batches of a minibatch)."""
+        """(minibatches of the rollout's `rows`: rows strided on every mesh, so each optimizer update sees the same
+        rows on any number of devices; micro-batches of a minibatch, summed into one update)."""
         minibatch = plan_split(rows // group_size, group_size, grpo.num_minibatches, row_shards,
-                               grpo.share_prompt_forward)
+                               grpo.share_prompt_forward, whole_runs=False)
         return minibatch, plan_split(minibatch.prompts, minibatch.rows_per_prompt, grpo.gradient_accumulation_steps,
-                                     row_shards, grpo.share_prompt_forward)
+                                     row_shards, grpo.share_prompt_forward, whole_runs=True)
 
     def policy(state: TrainState):
         return model_params(state.params, state.base, lora)

@@ -89,19 +89,20 @@ def test_shared_prompt_forwards_give_the_per_row_update(tiny_base_model):
 
 
 def test_row_splits_keep_groups_whole_where_every_device_can():
-    """plan_split by hand: 8 prompts x 4 rows into 2 parts on 1 device go as whole groups (prompts 0, 2, 4, 6 in
-    part 0); on 8 devices (one group each) single rows strided, 2 rows of each prompt per part; 3 parts of
-    groups of 4 share nothing. split_rows and merge_rows are inverses."""
-    assert plan_split(8, 4, 2, 1, True) == RowSplit(parts=2, unit=4, prompts=4, rows_per_prompt=4)
-    assert plan_split(8, 4, 2, 8, True) == RowSplit(parts=2, unit=1, prompts=8, rows_per_prompt=2)
-    assert plan_split(8, 4, 3, 1, True).rows_per_prompt == 1  # 8 prompts do not divide in 3; nor do 4 rows
-    assert plan_split(8, 4, 2, 1, False) == RowSplit(parts=2, unit=1, prompts=16, rows_per_prompt=1)
+    """plan_split by hand: 8 prompts x 4 rows into 2 micro-batches on 1 device go as whole groups (prompts 0, 2, 4,
+    6 in part 0); on 8 devices (one group each), and as minibatches on any mesh, single rows strided, 2 rows of
+    each prompt per part; 3 parts of groups of 4 share nothing. split_rows and merge_rows are inverses."""
+    assert plan_split(8, 4, 2, 1, True, whole_runs=True) == RowSplit(parts=2, unit=4, prompts=4, rows_per_prompt=4)
+    strided_runs = RowSplit(parts=2, unit=1, prompts=8, rows_per_prompt=2)
+    assert plan_split(8, 4, 2, 8, True, whole_runs=True) == strided_runs
+    assert plan_split(8, 4, 2, 1, True, whole_runs=False) == strided_runs
+    assert plan_split(8, 4, 3, 1, True, whole_runs=True).rows_per_prompt == 1  # 8 prompts do not divide in 3
+    assert plan_split(8, 4, 2, 1, False, whole_runs=True) == RowSplit(parts=2, unit=1, prompts=16, rows_per_prompt=1)
     rows = jnp.arange(32)
-    whole = split_rows(rows, plan_split(8, 4, 2, 1, True))
+    whole = split_rows(rows, plan_split(8, 4, 2, 1, True, whole_runs=True))
     np.testing.assert_array_equal(whole[0], [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27])
-    strided = split_rows(rows, plan_split(8, 4, 2, 8, True))
-    np.testing.assert_array_equal(strided[0], np.arange(0, 32, 2))
-    for split in (plan_split(8, 4, 2, 1, True), plan_split(8, 4, 2, 8, True)):
+    np.testing.assert_array_equal(split_rows(rows, strided_runs)[0], np.arange(0, 32, 2))
+    for split in (plan_split(8, 4, 2, 1, True, whole_runs=True), strided_runs):
         np.testing.assert_array_equal(merge_rows(split_rows(rows, split), split), rows)
 
 
@@ -140,7 +141,7 @@ def sample_arrays(samples):
 
 def update_losses(loss_type, advantages, lengths, width, num_updates):
     """On-policy (ratio 1, beta 0) each token's loss is -A_i: each update's loss by the ALGORITHMS.md table. Update u
-    takes every num_updates-th row from row u (without shared prompt forwards the step splits rows strided)."""
+    takes every num_updates-th row from row u (the step splits minibatches' rows strided)."""
     losses = []
     for rows in (np.arange(len(lengths))[update::num_updates] for update in range(num_updates)):
         token_sum = -np.sum(advantages[rows] * lengths[rows])
@@ -153,13 +154,10 @@ def update_losses(loss_type, advantages, lengths, width, num_updates):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_reported_loss_follows_the_loss_type_normalisation(tiny_base_model, loss_type):
     """Two minibatches of two micro-batches each, at a learning rate too small to move the policy: the loss the
-    step reports equals each loss_type's formula computed here from the step's own samples, and not the others'.
-    Rows split strided (no shared prompt forwards): minibatches of whole groups would hold near-equal token counts
-    here, where bnpo and dapo coincide."""
+    step reports equals each loss_type's formula computed here from the step's own samples, and not the others'."""
     _, _, history, samples = run_steps_with_samples(
         tiny_base_model, 1, f"grpo.loss_type={loss_type}", "grpo.num_minibatches=2",
-        "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0",
-        "grpo.share_prompt_forward=false")
+        "grpo.gradient_accumulation_steps=2", "grpo.optim.learning_rate=0.000000001", "grpo.optim.warmup_steps=0")
     rewards, lengths, _ = sample_arrays(samples[0])
     advantages = numpy_advantages(rewards, 4, "grpo", SCALE_REWARDS)
     width = samples[0].rollout.tokens.shape[1]
