@@ -394,8 +394,8 @@ class GRPOConfig:
     gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
     # Run a prompt's forward pass once for all of its rows in a micro-batch (rlreason.rl.step.plan_split), its keys
     # and values shared as the sampler's prefill shares them: the same result, less work where prompts are long
-    # next to the completions. false: once per row, as TRL does.
-    share_prompt_forward: bool = True
+    # next to the completions, and a program that takes longer to compile. false: once per row, as TRL does.
+    share_prompt_forward: bool = False
     # Rewards -> advantages (rlreason.rl.advantages)
     advantage_estimator: Literal["grpo", "rloo"] = "grpo"
     scale_rewards: Literal["group", "batch", "none"] = "group"

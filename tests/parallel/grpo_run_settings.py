@@ -5,7 +5,8 @@ The model rarely writes a well-formed answer yet, so exact_answer would score ev
 advantage 0; `gsm8k_last_number` (the last number of the completion equals the sum) scores some completions 1,
 so group rewards, advantages and gradients are real. A reference model (beta), two optimizer updates per step
 (the second off-policy: ratios, clipping) and no warmup (step 1 already moves the params, so step 2 samples from
-updated params) make every metric of the step meaningful.
+updated params) make every metric of the step meaningful. Each prompt runs once for the rows of it that a
+micro-batch holds (grpo.share_prompt_forward): how many that is depends on the mesh, and the results must not.
 """
 
 from __future__ import annotations
@@ -54,4 +55,4 @@ def grpo_settings(model_dir) -> list[str]:
             "grpo.rewards=[{name: r1_format, weight: 0.2}, {name: gsm8k_last_number}]",
             "grpo.accuracy_reward=gsm8k_last_number", "grpo.beta=0.04", f"grpo.num_minibatches={UPDATES_PER_STEP}",
             "grpo.optim.warmup_steps=0", f"grpo.optim.learning_rate={LEARNING_RATE}",
-            f"grpo.optim.eps={LEARNING_RATE}"]
+            f"grpo.optim.eps={LEARNING_RATE}", "grpo.share_prompt_forward=true"]

@@ -7,10 +7,6 @@ has 8 prompts x 4 completions = 32 rows, 2 minibatches of 16 rows, each summed o
 reference model. Row-carrying arrays lead with 32, 16 or 8 rows (4, 2 or 1 per device), sizes no parameter
 dimension of the tiny model has (48, 96, 12, 4, 2). FSDP all-gathers weights by design; an all-gather whose
 result leads with a row count would be rows moving.
-
-With one group per device, the meshes' micro-batches hold one row of each prompt, so no forward pass can share
-a prompt between rows (rl.step.plan_split); one device would run each prompt once for its rows of a micro-batch.
-The one-device baseline is therefore compiled with grpo.share_prompt_forward=false: the same work, unsplit.
 """
 
 from __future__ import annotations
@@ -33,10 +29,9 @@ SETTINGS = [*TINY_MODEL, "tokenizer.vocab_size=80", "task.min_digits=1", "task.m
 @pytest.fixture(scope="module")
 def compiled(run_python, tiny_base_model, tmp_path_factory) -> dict:
     directory, results = tmp_path_factory.mktemp("update_hlo"), {}
-    for name, meshes, overrides in (("single", MESHES[:1], ["grpo.share_prompt_forward=false"]),
-                                    ("meshes", MESHES[1:], [])):
+    for name, meshes in (("single", MESHES[:1]), ("meshes", MESHES[1:])):
         run_python(["tests/parallel/scripts/update_hlo.py", str(directory / f"{name}.json"), ",".join(meshes),
-                    CONFIG, f"train.model_dir={tiny_base_model}", *SETTINGS, *overrides], timeout=900)
+                    CONFIG, f"train.model_dir={tiny_base_model}", *SETTINGS], timeout=900)
         results.update(json.loads((directory / f"{name}.json").read_text()))
     return results
 

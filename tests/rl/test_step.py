@@ -81,8 +81,8 @@ def test_shared_prompt_forwards_give_the_per_row_update(tiny_base_model):
     """Each micro-batch holds two whole groups; its forward passes (policy and reference) run each prompt once for
     its four rows or once per row (grpo.share_prompt_forward): the same update, KL and entropy, to float rounding."""
     settings = ("grpo.gradient_accumulation_steps=2", "grpo.beta=0.04")
-    params_shared, shared = run_steps(tiny_base_model, 1, *settings)
-    params_rows, rows = run_steps(tiny_base_model, 1, *settings, "grpo.share_prompt_forward=false")
+    params_shared, shared = run_steps(tiny_base_model, 1, *settings, "grpo.share_prompt_forward=true")
+    params_rows, rows = run_steps(tiny_base_model, 1, *settings)
     for key in ("loss", "grad_norm", "kl", "entropy", "ratio_mean"):
         np.testing.assert_allclose(shared[0][key], rows[0][key], rtol=1e-5, atol=1e-7, err_msg=key)
     assert_same_trees(params_shared, params_rows, rtol=1e-5, atol=1e-7)
