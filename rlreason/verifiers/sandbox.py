@@ -6,8 +6,9 @@ Every run is a fresh process tree in new Linux namespaces, made by util-linux `u
   and every process left in it (a fork bomb's, a daemon's) is killed; the code sees no process outside it
   (a fresh /proc), so it can signal none;
 - files: a mount namespace in which /tmp, /var/tmp and /dev/shm are fresh size-capped tmpfs, the only
-  writable places, and the project folder, the folder holding it (with ../shared) and $HOME are covered by
-  empty read-only tmpfs; the Python installation is bound back read-only where it lies under them;
+  writable places, and the project folder, the folder holding it (with ../shared), $HOME and (as root) a
+  folder above the Python installation that `nobody` may not enter are covered by empty read-only tmpfs; the
+  Python installation is bound back read-only where it lies under them;
 - user: started as root, the code runs as `nobody`, so the process limit holds (root is exempt from it);
   started as another user, in a user namespace, with the limit counted above that user's own processes;
 - limits: CPU seconds (RLIMIT_CPU), address space (RLIMIT_AS), processes (RLIMIT_NPROC), file size
@@ -31,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rlreason.verifiers.sandbox_init import PRIVATE_TMP
 
 INIT = Path(__file__).with_name("sandbox_init.py")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -64,10 +67,24 @@ def _python() -> str:
     return os.path.realpath(sys.executable)
 
 
+def _closed_to_others(prefix: str) -> set[str]:
+    """The outermost folder above the Python installation `prefix` that other users may not enter (a root-owned
+    pyenv in /root, say), if any: covered and the installation bound back, `nobody` can run it."""
+    closed = [str(parent) for parent in reversed(Path(prefix).parents)
+              if str(parent) != "/" and not os.stat(parent).st_mode & 0o001]
+    return set(closed[:1])
+
+
 def _hidden_folders() -> list[str]:
-    """The folders covered in the sandbox: the project, the folder holding it, and $HOME."""
+    """The folders covered in the sandbox: the project, the folder holding it, $HOME, and where the code's user
+    could not reach the Python installation otherwise. One under /tmp, /var/tmp or /dev/shm is left alone: the
+    sandbox replaces those with empty tmpfs, so it is gone from sight already (and no longer exists there to be
+    covered)."""
     folders = {str(PROJECT), str(PROJECT.parent), os.path.realpath(os.path.expanduser("~"))}
-    folders = {folder for folder in folders if folder not in ("/", "") and os.path.isdir(folder)}
+    if os.getuid() == 0:  # the code runs as nobody
+        folders |= _closed_to_others(os.path.realpath(sys.base_prefix))
+    folders = {folder for folder in folders if folder not in ("/", "") and os.path.isdir(folder)
+               and not any(folder == place or folder.startswith(place + os.sep) for place in PRIVATE_TMP)}
     # One inside another is covered with it (and would no longer exist to be covered).
     return sorted(folder for folder in folders
                   if not any(folder.startswith(other + os.sep) for other in folders if other != folder))

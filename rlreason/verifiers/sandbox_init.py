@@ -87,6 +87,8 @@ def main() -> int:
     if code == 0:
         try:
             run_code(spec, work)
+        except OSError as error:  # the Python installation out of the code user's reach, a limit refused
+            os.write(2, f"sandbox: cannot start {spec['python']}: {error}\n".encode())
         finally:
             os._exit(127)
     while True:  # the namespace's init: reap everything until the code's own process has ended

@@ -56,6 +56,16 @@ def test_correct_code_passes_every_test_and_wrong_code_some():
     assert passing_tests("def add(a, b):\n    return a +\n", ADD, LIMITS) == 0  # does not parse
 
 
+def test_a_home_under_tmp_and_a_python_installation_in_a_closed_folder_still_run(tmp_path, monkeypatch):
+    """$HOME under /tmp (already replaced by the sandbox's own /tmp, nothing to cover) and, as root, a Python
+    installation under a folder `nobody` may not enter (/root for a root-owned pyenv): the code still runs, and
+    the home's files stay out of its sight."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "secret.txt").write_text("42")
+    assert passing_tests(CORRECT, ADD, LIMITS) == 2
+    assert passing_tests(f"open({str(tmp_path / 'secret.txt')!r}).read()\n" + CORRECT, ADD, LIMITS) == 0
+
+
 def test_printing_the_result_line_without_the_nonce_earns_nothing():
     forged = "print('0' * 32, 2)\nprint(open('/proc/self/environ').read())\nraise SystemExit\n" + CORRECT
     assert passing_tests(forged, ADD, LIMITS) == 0
