@@ -391,6 +391,10 @@ class GRPOConfig:
     num_generations: int = 8
     num_iterations: int = 1
     num_minibatches: int = 1  # optimizer updates per pass over the generation batch
+    # Deal the rows to the minibatches afresh on every pass after the first (num_iterations > 1 and
+    # num_minibatches > 1), drawn from the state's RNG, as PPO implementations reshuffle each epoch
+    # (rlreason.rl.step.pass_order). false: every pass takes the same minibatches.
+    shuffle_minibatches: bool = True
     gradient_accumulation_steps: int = 1  # micro-batches summed into each update (same result, less memory)
     # Run a prompt's forward pass once for all of its rows in a micro-batch (rlreason.rl.step.plan_split), its keys
     # and values shared as the sampler's prefill shares them: the same result, less work where prompts are long

@@ -20,8 +20,9 @@ Minibatches, micro-batches and the no-gradient forward passes take rows strided 
 units p, p + parts, ... of `RowSplit.unit` rows), not in contiguous blocks: the mesh holds rows in contiguous
 blocks per device, so a strided part takes its share of every device's block and no device computes another
 device's rows. A minibatch's unit is one row on every mesh, so each optimizer update sees the same rows on any
-number of devices; a micro-batch's or forward chunk's unit is all of a prompt's rows where every device's
-prompts divide among the parts. Either way a part's forward pass runs each of its prompts once for all of the
+number of devices; passes after the first deal each window of num_minibatches rows to the minibatches afresh
+(`pass_order`, grpo.shuffle_minibatches), which keeps that true. A micro-batch's or forward chunk's unit is all
+of a prompt's rows where every device's prompts divide among the parts. Either way a part's forward pass runs each of its prompts once for all of the
 prompt's rows it holds (`RowSplit.rows_per_prompt`, rlreason.models.logprobs.completion_hidden).
 """
 
@@ -81,11 +82,27 @@ def plan_split(prompts: int, rows_per_prompt: int, parts: int, row_shards: int, 
     return RowSplit(parts, 1, prompts * rows_per_prompt // parts, 1)
 
 
-def split_rows(x: jax.Array, split: RowSplit) -> jax.Array:
+def split_rows(x: jax.Array, split: RowSplit, order: jax.Array | None = None) -> jax.Array:
     """[B, ...] -> [parts, B / parts, ...], part p holding units p, p + parts, p + 2 * parts, ... of split.unit
-    rows."""
+    rows. With `order` [B / (parts * unit), parts] (a permutation of the parts per window of parts * unit
+    consecutive rows, `pass_order`), part p holds unit order[w, p] of each window w instead."""
     units = x.reshape(-1, split.parts, split.unit, *x.shape[1:])
+    if order is not None:
+        units = jnp.take_along_axis(units, order.reshape(*order.shape, *(1,) * (units.ndim - 2)), axis=1)
     return jnp.swapaxes(units, 0, 1).reshape(split.parts, -1, *x.shape[1:])
+
+
+def pass_order(rng: jax.Array, pass_index: jax.Array, rows: int, split: RowSplit) -> jax.Array:
+    """Which unit of each window goes to which part on pass `pass_index` over `rows` rows: [windows, parts]
+    for split_rows, the identity on pass 0 and a fresh random permutation per window on every later pass.
+
+    A window is parts * unit consecutive rows, so every part still takes one unit of each window: the rows stay
+    in their device's contiguous block (a window never straddles two where the split keeps devices' rows
+    apart), a prompt's rows stay next to each other in a part, and the draw does not depend on the mesh."""
+    windows = rows // (split.parts * split.unit)
+    shuffled = jnp.argsort(jax.random.uniform(jax.random.fold_in(rng, pass_index), (windows, split.parts)), axis=1)
+    identity = jnp.broadcast_to(jnp.arange(split.parts), (windows, split.parts))
+    return jnp.where(pass_index == 0, identity, shuffled)
 
 
 def merge_rows(x: jax.Array, split: RowSplit) -> jax.Array:
@@ -353,13 +370,16 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
             rows["ref_logprobs"] = batch_logprobs(reference(state), roll)[0]
         generation_tokens = jnp.sum(loss_mask)
         minibatch_split, micro_split = update_splits(roll.tokens.shape[0])
-        minibatches = jax.tree.map(lambda x: split_rows(x, minibatch_split), rows)
+        shuffle = grpo.shuffle_minibatches and grpo.num_iterations > 1 and grpo.num_minibatches > 1
+        shuffle_rng = jax.random.fold_in(state.rng, 2)
         params_before = state.params
 
-        def one_pass(state, _):
+        def one_pass(state, pass_index):
+            order = pass_order(shuffle_rng, pass_index, roll.tokens.shape[0], minibatch_split) if shuffle else None
+            minibatches = jax.tree.map(lambda x: split_rows(x, minibatch_split, order), rows)
             return jax.lax.scan(lambda s, mb: update(s, mb, generation_tokens, micro_split), state, minibatches)
 
-        state, learned = jax.lax.scan(one_pass, state, None, length=grpo.num_iterations)
+        state, learned = jax.lax.scan(one_pass, state, jnp.arange(grpo.num_iterations))
         learned = jax.tree.map(lambda x: x.reshape(-1), learned)
         state = state.replace(step=state.step + 1)
         if grpo.sync_ref_model:

@@ -3,8 +3,8 @@ reference pass take each device's own rows (strided splits, rlreason.rl.step.spl
 no rows between devices and each device computes its share.
 
 Judged from the compiled program on 8 simulated CPU devices (tests/parallel/scripts/update_hlo.py): the run
-has 8 prompts x 4 completions = 32 rows, 2 minibatches of 16 rows, each summed over 2 micro-batches of 8, and a
-reference model. Row-carrying arrays lead with 32, 16 or 8 rows (4, 2 or 1 per device), sizes no parameter
+has 8 prompts x 4 completions = 32 rows, 2 minibatches of 16 rows, each summed over 2 micro-batches of 8, two
+passes (the second dealing the rows to the minibatches afresh, grpo.shuffle_minibatches), and a reference model. Row-carrying arrays lead with 32, 16 or 8 rows (4, 2 or 1 per device), sizes no parameter
 dimension of the tiny model has (48, 96, 12, 4, 2). FSDP all-gathers weights by design; an all-gather whose
 result leads with a row count would be rows moving.
 """
@@ -23,7 +23,7 @@ ROW_COUNTS = {32, 16, 8}
 SETTINGS = [*TINY_MODEL, "tokenizer.vocab_size=80", "task.min_digits=1", "task.max_digits=1",
             "task.num_train=64", "sampling.max_prompt_length=16", "sampling.max_completion_length=24",
             "train.batch_size=8", "grpo.num_generations=4", "grpo.num_minibatches=2",
-            "grpo.gradient_accumulation_steps=2", "grpo.beta=0.04"]
+            "grpo.gradient_accumulation_steps=2", "grpo.num_iterations=2", "grpo.beta=0.04"]
 
 
 @pytest.fixture(scope="module")

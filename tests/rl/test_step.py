@@ -11,7 +11,7 @@ import pytest
 
 from test_advantages import reference as numpy_advantages
 from tiny_run import tiny_config
-from rlreason.rl.step import RowSplit, merge_rows, plan_split, split_rows
+from rlreason.rl.step import RowSplit, merge_rows, pass_order, plan_split, split_rows
 from rlreason.train.loop import build_trainer
 
 REWARD_WEIGHTS = np.asarray([reward.weight for reward in tiny_config().grpo.rewards])
@@ -106,6 +106,27 @@ def test_row_splits_keep_groups_whole_where_every_device_can():
         np.testing.assert_array_equal(merge_rows(split_rows(rows, split), split), rows)
 
 
+def test_later_passes_deal_each_window_of_rows_to_the_minibatches_afresh():
+    """8 prompts x 4 rows in 2 minibatches (runs of 2 rows per prompt), held by 4 devices in blocks of 8 rows, over
+    3 passes: pass 0 is the strided split; every pass gives each row to exactly one minibatch, and each minibatch
+    one row of every window of 2 consecutive rows, so a device's share of a minibatch is rows of its own block and
+    a prompt's rows stay adjacent; passes 1 and 2 draw different deals, the same on any mesh."""
+    rows, parts, devices = jnp.arange(32), 2, 4
+    split = plan_split(8, 4, parts, 1, True, whole_runs=False)
+    assert split == plan_split(8, 4, parts, devices, True, whole_runs=False)  # a minibatch split ignores the mesh
+    rng = jax.random.key(0)
+    deals = [np.asarray(split_rows(rows, split, pass_order(rng, jnp.asarray(i), 32, split))) for i in range(3)]
+    np.testing.assert_array_equal(deals[0], split_rows(rows, split))
+    for deal in deals:
+        np.testing.assert_array_equal(np.sort(deal.reshape(-1)), np.arange(32))
+        np.testing.assert_array_equal(deal // parts, np.broadcast_to(np.arange(16), (parts, 16)))
+        device_of_position = np.repeat(np.arange(devices), 16 // devices)
+        np.testing.assert_array_equal(deal // 8, np.broadcast_to(device_of_position, (parts, 16)))
+        runs = deal.reshape(parts, 8, split.rows_per_prompt) // 4
+        assert (runs == runs[..., :1]).all()
+    assert not np.array_equal(deals[1], deals[0]) and not np.array_equal(deals[2], deals[1])
+
+
 def test_on_policy_step_reports_zero_loss_with_a_nonzero_gradient(tiny_base_model):
     _, history = run_steps(tiny_base_model, 1)  # num_iterations 1, beta 0 (the tiny config's)
     metrics = history[0]
@@ -115,9 +136,12 @@ def test_on_policy_step_reports_zero_loss_with_a_nonzero_gradient(tiny_base_mode
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-4
 
 
+SEVERAL_UPDATES = ("grpo.num_iterations=2", "grpo.num_minibatches=2", "grpo.beta=0.04", "grpo.optim.learning_rate=0.02",
+                   "grpo.optim.warmup_steps=0")
+
+
 def test_several_updates_per_batch_move_off_policy_clip_and_track_kl(tiny_base_model):
-    _, history = run_steps(tiny_base_model, 1, "grpo.num_iterations=2", "grpo.num_minibatches=2", "grpo.beta=0.04",
-                           "grpo.optim.learning_rate=0.02", "grpo.optim.warmup_steps=0")
+    _, history = run_steps(tiny_base_model, 1, *SEVERAL_UPDATES)
     metrics = history[0]
     assert metrics["kl"] > 0  # later updates see a policy that moved away from the reference
     assert metrics["ratio_max"] > 1.0 + 1e-4 or metrics["ratio_min"] < 1.0 - 1e-4
@@ -127,6 +151,17 @@ def test_several_updates_per_batch_move_off_policy_clip_and_track_kl(tiny_base_m
                 "rewards/r1_format", "rewards/exact_answer", "accuracy", "accuracy_strict", "accuracy_lenient",
                 "format_rate", "completion_length", "clipped_ratio"):
         assert np.isfinite(metrics[key]), key
+
+
+def test_the_second_pass_takes_other_minibatches_than_the_first(tiny_base_model):
+    """grpo.shuffle_minibatches (the default) changes the second pass's minibatches, so the step ends elsewhere
+    than with the first pass's minibatches repeated; the first pass is the same either way."""
+    params_shuffled, shuffled = run_steps(tiny_base_model, 1, *SEVERAL_UPDATES)
+    params_repeated, repeated = run_steps(tiny_base_model, 1, *SEVERAL_UPDATES, "grpo.shuffle_minibatches=false")
+    assert shuffled[0]["entropy"] == pytest.approx(repeated[0]["entropy"], rel=1e-5)  # over the first pass
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params_shuffled),
+                                                                    jax.tree.leaves(params_repeated)))
+    assert difference > 1e-3  # a learning rate of 0.02: a different second pass moves some params by ~lr
 
 
 def sample_arrays(samples):
