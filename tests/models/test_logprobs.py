@@ -58,8 +58,9 @@ def test_chunks_give_the_whole_completions_values_and_gradients(chunk):
         return jnp.sum(weights * logprobs) + jnp.sum(entropy), (logprobs, entropy)
 
     chunked_cfg = dataclasses.replace(TINY, logprob_chunk_size=chunk)
-    (whole_value, whole), whole_grads = jax.value_and_grad(objective, has_aux=True)(params, TINY)
-    (chunk_value, chunked), chunk_grads = jax.value_and_grad(objective, has_aux=True)(params, chunked_cfg)
+    value_and_grad = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=1)
+    (whole_value, whole), whole_grads = value_and_grad(params, TINY)
+    (chunk_value, chunked), chunk_grads = value_and_grad(params, chunked_cfg)
     # Each log-prob and entropy is a sum over the vocabulary (log-sum-exp, sum p log p) of logits that the two
     # programs compute in matmuls of other shapes: gamma_V relative to the values' size bounds the difference.
     for expected, got in zip(whole, chunked):
@@ -92,8 +93,9 @@ def test_a_shared_prompt_forward_gives_each_rows_values_and_gradients(rows_per_p
                                                 rows_per_prompt=shared)
         return jnp.sum(weights * logprobs) + jnp.sum(entropy), (logprobs, entropy)
 
-    (per_row_value, per_row), per_row_grads = jax.value_and_grad(objective, has_aux=True)(params, 1)
-    (shared_value, shared), shared_grads = jax.value_and_grad(objective, has_aux=True)(params, rows_per_prompt)
+    value_and_grad = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=1)
+    (per_row_value, per_row), per_row_grads = value_and_grad(params, 1)
+    (shared_value, shared), shared_grads = value_and_grad(params, rows_per_prompt)
     terms = cfg.num_layers * (PROMPT + COMPLETION + cfg.hidden_size + cfg.intermediate_size) + cfg.vocab_size
     for expected, got in zip(per_row, shared):
         np.testing.assert_allclose(got, expected, rtol=0, atol=2 * terms * UNIT_ROUNDOFF

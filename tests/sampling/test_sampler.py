@@ -56,13 +56,16 @@ def test_cached_greedy_equals_repeated_full_forward(setup):
     params, tokens, mask, stops = setup
     roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
                         sampling=SamplingParams(max_new_tokens=10, temperature=0.0))
+    width = tokens.shape[1] + 10
+    # Causal attention: a position's logits do not see the zeros after it, so one compiled width serves every length.
+    full_forward = jax.jit(lambda ids: forward(params, ids, positions_from_mask(jnp.ones_like(ids)),
+                                               jnp.ones(ids.shape, bool), CFG)[0])
     for row in range(tokens.shape[0]):
         sequence = list(tokens[row][mask[row] > 0])
         expected = []
         for _ in range(10):
-            ids = jnp.asarray([sequence])
-            logits, _ = forward(params, ids, positions_from_mask(jnp.ones_like(ids)), jnp.ones(ids.shape, bool), CFG)
-            token = int(jnp.argmax(logits[0, -1]))
+            logits = full_forward(jnp.asarray([sequence + [0] * (width - len(sequence))]))
+            token = int(jnp.argmax(logits[0, len(sequence) - 1]))
             sequence.append(token)
             expected.append(token)
             if token in stops[row]:
