@@ -9,7 +9,7 @@ bash "$root/launch/setup.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu
 # The tests' models are tiny, so compiling is most of their time: XLA's older loop emitters, without LLVM's
-# optimisation passes, compile a tiny GRPO step in 1.1 s instead of 6.6 s and take the suite from 29 to about 20
+# optimisation passes, compile a tiny GRPO step in 1.1 s instead of 6.6 s and take the suite from 29 to 14.5
 # minutes (the matmuls run in XLA's library kernels either way; the programs run a little slower). Every
 # comparison in the suite is between programs built the same way, and no test times anything. Runs and
 # benchmarks keep XLA's defaults.
