@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from rlreason.config import ModelConfig
-from rlreason.models.transformer import KVCache, Params, forward_hidden, init_cache, positions_from_mask, unembed
+from rlreason.models.transformer import Params, forward_hidden, positions_from_mask, prefill_for_rows, unembed
 
 
 def scale_logits(logits: jax.Array, temperature: float) -> jax.Array:
@@ -98,15 +98,14 @@ def _shared_prompt_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask:
     completion_tokens [P * rows_per_prompt, Tc]: a prefill writes the prompts' keys and values into a cache, the
     completions attend to it (gradients flow back through it to the prompts), and the hidden state of each
     prompt's last slot predicts its rows' first completion token."""
-    prompts, prompt_length = prompt_tokens.shape
+    prompt_length = prompt_tokens.shape[1]
     length = completion_tokens.shape[1] - 1  # the last completion token predicts nothing that is scored
     prompt_valid = prompt_mask.astype(bool)
-    prompt_hidden, cache = forward_hidden(params, prompt_tokens, positions_from_mask(prompt_valid), prompt_valid, cfg,
-                                          init_cache(cfg, prompts, prompt_length + length), 0)
-    per_row = lambda x, axis=0: jnp.repeat(x, rows_per_prompt, axis=axis)  # noqa: E731
+    prompt_hidden, cache = prefill_for_rows(params, prompt_tokens, prompt_valid, cfg, prompt_length + length,
+                                            rows_per_prompt)
+    per_row = lambda x: jnp.repeat(x, rows_per_prompt, axis=0)  # noqa: E731
     if length == 0:
         return per_row(prompt_hidden[:, -1:])
-    cache = KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1))
     key_valid = jnp.concatenate([per_row(prompt_valid), jnp.ones((cache.keys.shape[1], length), bool)], axis=1)
     positions = per_row(jnp.sum(prompt_valid, axis=1, dtype=jnp.int32))[:, None] + jnp.arange(length)
     hidden, _ = forward_hidden(params, completion_tokens[:, :-1], positions, key_valid, cfg, cache, prompt_length)

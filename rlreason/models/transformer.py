@@ -390,8 +390,7 @@ def unstack_layers(params: Params) -> Params:
     """`params` with the stacked layers ([L, ...] leaves) as a tuple of L per-layer trees, which an unrolled
     forward pass (scan_layers false) uses as they are: the sampler slices the layers out once per call, not in
     every decode step."""
-    return {**params, "layers": tuple(jax.tree.map(lambda leaf: leaf[index], params["layers"])
-                                      for index in range(jax.tree.leaves(params["layers"])[0].shape[0]))}
+    return {**params, "layers": tuple(layer_list(params))}
 
 
 def unstack_cache(cache: KVCache) -> KVCache:
@@ -467,6 +466,17 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
     # A prefill: the new entries ([L, B, T, K, D] each) go into slots 0 .. T-1.
     return x, KVCache(*(jax.lax.dynamic_update_slice(stored, new.astype(stored.dtype), (0,) * stored.ndim)
                         for stored, new in zip(cache, cache_layout(*produced))))
+
+
+def prefill_for_rows(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, cfg: ModelConfig,
+                     cache_length: int, rows_per_prompt: int) -> tuple[jax.Array, KVCache]:
+    """Runs each left-padded prompt [P, Tp] once, into a cache of `cache_length` slots, and repeats its cache
+    entries for the `rows_per_prompt` consecutive rows that continue it (a GRPO group, or its share of a
+    micro-batch). Returns (the prompts' hidden states [P, Tp, E], the cache with P * rows_per_prompt rows)."""
+    prompt_valid = prompt_mask.astype(bool)
+    hidden, cache = forward_hidden(params, prompt_tokens, positions_from_mask(prompt_valid), prompt_valid, cfg,
+                                   init_cache(cfg, prompt_tokens.shape[0], cache_length), 0)
+    return hidden, KVCache(*(jnp.repeat(stored, rows_per_prompt, axis=1) for stored in cache))
 
 
 def forward(params: Params, tokens: jax.Array, positions: jax.Array, key_valid: jax.Array, cfg: ModelConfig,

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
-from rlreason.models.transformer import (KVCache, Params, compute_weights, forward, forward_hidden, init_cache,
-                                         positions_from_mask, unembed, unstack_cache, unstack_layers)
+from rlreason.models.transformer import (Params, compute_weights, forward, prefill_for_rows, unembed,
+                                         unstack_cache, unstack_layers)
 from rlreason.sampling.tools import ToolTurns, force_observations, initial_turns, queue_observations
 
 
@@ -167,11 +167,10 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     max_new = sampling.max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
     prompt_valid = jnp.concatenate([prompt_mask, jnp.zeros((prompts, max_new), bool)], axis=1)
-    hidden, cache = forward_hidden(params, prompt_tokens, positions_from_mask(prompt_mask), prompt_valid, cfg,
-                                   init_cache(cfg, prompts, prompt_length + max_new), 0)
+    hidden, cache = prefill_for_rows(params, prompt_tokens, prompt_mask, cfg, prompt_length + max_new, group_size)
     first_logits = unembed(params, hidden[:, -1:], cfg)[:, 0]  # [P, V]
     per_row = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)  # noqa: E731
-    cache = unstack_cache(KVCache(per_row(cache.keys, axis=1), per_row(cache.values, axis=1)))  # per layer
+    cache = unstack_cache(cache)  # per layer
     prompt_tokens, prompt_mask, key_valid = per_row(prompt_tokens), per_row(prompt_mask), per_row(prompt_valid)
     batch = prompts * group_size
     next_position = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]

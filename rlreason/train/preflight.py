@@ -4,7 +4,6 @@ the config key or file at fault and what to change."""
 
 from __future__ import annotations
 
-
 from jax.sharding import Mesh
 
 from rlreason.config import Config, ConfigError
