@@ -20,9 +20,12 @@ projection's low-rank update.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -46,6 +49,35 @@ REMAT_POLICIES = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
     "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+class Layout(NamedTuple):
+    """How a forward pass lays its arrays out over devices (sharding constraints), applied while a caller traces
+    under `layout`; the default leaves placement to the compiler.
+
+    rows: arrays (or trees of them) that lead with rows [B, ...]: the residual stream [B, T, E] after the embedding
+      and after each block, and the caller's own rows (the trainer splits them over devices like its rollout
+      rows: on a mesh whose fsdp axis splits both the rows and the weights' hidden size, the
+      compiler would otherwise be free to gather rows instead of weights).
+    gathered: (weight, its logical axes) -> the weight as a row-split computation uses it (the embedding table,
+      whose lookup the compiler would otherwise do for every device's rows on each device's slice of the table).
+    """
+
+    rows: Callable[[Any], Any] = lambda x: x
+    gathered: Callable[[jax.Array, tuple[str, ...]], jax.Array] = lambda weight, axes: weight
+
+
+_LAYOUT: contextvars.ContextVar[Layout] = contextvars.ContextVar("layout", default=Layout())
+
+
+@contextlib.contextmanager
+def layout(arrays: Layout) -> Iterator[None]:
+    """Every forward pass traced inside lays its arrays out by `arrays`."""
+    token = _LAYOUT.set(arrays)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +385,8 @@ def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, c
 
 
 def embed_tokens(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
-    x = jnp.take(params["embed"], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+    table = _LAYOUT.get().gathered(params["embed"], ("vocab", "embed"))
+    x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
     if cfg.embed_scale:
         # Gemma rounds the normalizer to the compute dtype before multiplying.
         x = x * jnp.asarray(math.sqrt(cfg.hidden_size), x.dtype)
@@ -423,7 +456,8 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
     """
     if segment_ids is not None and cache is not None:
         raise ValueError("segment_ids (packed rows) work without a KV cache only")
-    x = embed_tokens(params, tokens, cfg)
+    rows = _LAYOUT.get().rows
+    x = rows(embed_tokens(params, tokens, cfg))
     length = tokens.shape[1]
     windows = jnp.asarray(layer_windows(cfg))
     prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
@@ -437,7 +471,8 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
         mask = attention_mask(query_slots, visible, window)
         if same_segment is not None:
             mask &= same_segment
-        return _block(layer, x, positions, mask, cfg, layer_cache, cache_index)
+        x, new_keys, new_values, layer_cache = _block(layer, x, positions, mask, cfg, layer_cache, cache_index)
+        return rows(x), new_keys, new_values, layer_cache
 
     if cfg.remat:
         block = jax.checkpoint(block, policy=REMAT_POLICIES[cfg.remat_policy])

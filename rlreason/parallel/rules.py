@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlreason.config import MeshConfig, ModelConfig
-from rlreason.models.transformer import KVCache, Params, ParamSpec, param_specs
+from rlreason.models.transformer import KVCache, Layout, Params, ParamSpec, param_specs
 
 Rules = Mapping[str, tuple[str, ...]]
 
@@ -128,6 +128,18 @@ def rows_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = AXIS_RULES) -
     all of them), other dims replicated."""
     rows = partition_spec(("batch",), shape[:1], mesh, rules)
     return NamedSharding(mesh, PartitionSpec(*rows, *([None] * (len(shape) - 1))))
+
+
+def model_layout(mesh: Mesh, rules: Rules = AXIS_RULES) -> Layout:
+    """Rows (and the model's activations) split like a batch (`rows_sharding`); a weight in use keeps its split
+    over the mesh axes that do not split rows (tensor) and is gathered over those that do (fsdp)."""
+    compute_rules = {logical: tuple(axis for axis in axes if axis not in rules["batch"])
+                     for logical, axes in rules.items()}
+    return Layout(
+        rows=lambda tree: jax.tree.map(
+            lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree),
+        gathered=lambda weight, axes: jax.lax.with_sharding_constraint(
+            weight, named_sharding(axes, weight.shape, mesh, compute_rules)))
 
 
 def cache_sharding(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, max_length: int,

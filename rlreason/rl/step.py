@@ -22,13 +22,15 @@ blocks per device, so a strided part takes its share of every device's block and
 device's rows. A minibatch's unit is one row on every mesh, so each optimizer update sees the same rows on any
 number of devices; passes after the first deal each window of num_minibatches rows to the minibatches afresh
 (`pass_order`, grpo.shuffle_minibatches), which keeps that true. A micro-batch's or forward chunk's unit is all
-of a prompt's rows where every device's prompts divide among the parts. Either way a part's forward pass runs each of its prompts once for all of the
-prompt's rows it holds (`RowSplit.rows_per_prompt`, rlreason.models.logprobs.completion_hidden).
+of a prompt's rows where every device's prompts divide among the parts. Either way a part's forward pass runs
+each of its prompts once for all of the prompt's rows it holds (`RowSplit.rows_per_prompt`,
+rlreason.models.logprobs.completion_hidden).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -40,6 +42,7 @@ from flax import struct
 from rlreason.config import GRPOConfig, LoraConfig, ModelConfig
 from rlreason.models.lora import with_adapters
 from rlreason.models.logprobs import completion_logprobs
+from rlreason.models.transformer import Layout, layout
 from rlreason.parallel.host_data import gather_rows
 from rlreason.rl.advantages import Advantages, compute_advantages, process_advantages
 from rlreason.rl.controls import make_reward_control
@@ -199,7 +202,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
                         pad_id: int, reward_names: tuple[str, ...], accuracy_reward: str,
                         learning_rate_fn: Callable[[jax.Array], jax.Array],
                         tools: ToolTurns | None = None,
-                        row_sharding: Callable[[Any], Any] = lambda rows: rows,
+                        arrays: Layout = Layout(),
                         state_sharding: Callable[[TrainState], TrainState] = lambda state: state,
                         lora: LoraConfig = LoraConfig(),
                         process_reward: ProcessReward | None = None, row_shards: int = 1) -> GRPOFunctions:
@@ -209,11 +212,12 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
     results, which no loss, ratio or entropy figure counts: the policy did not sample them.
 
     `reward_names` names the scorer's columns: grpo.rewards in order, then the metric-only functions that the
-    accuracy metrics read (`verifiers.lenient.metric_only_functions`). `row_sharding` and `state_sharding` pin
-    the layout of the rollout rows and of the new state (sharding constraints from rlreason.parallel); the
-    defaults leave placement to the compiler. `lora`: how a LoRA run's adapters (state.params) apply to its base
-    (state.base); unused in full fine-tuning. `process_reward`: process supervision by a PRM (None: outcome
-    rewards only). `row_shards`: the devices the rows are split over, for the row splits (`plan_split`).
+    accuracy metrics read (`verifiers.lenient.metric_only_functions`). `arrays` (rows: the rollout rows, and the
+    model's activations) and `state_sharding` (the new state) pin layouts (sharding constraints from
+    rlreason.parallel.rules.model_layout); the defaults leave placement to the compiler. `lora`: how a LoRA
+    run's adapters (state.params) apply to its base (state.base); unused in full fine-tuning. `process_reward`:
+    process supervision by a PRM (None: outcome rewards only). `row_shards`: the devices the rows are split
+    over, for the row splits (`plan_split`).
     """
     group_size = grpo.num_generations
     reward_weights = jnp.asarray([reward.weight for reward in grpo.rewards], jnp.float32)
@@ -249,7 +253,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         return state.ref_params if state.base is None else state.base
 
     def rollout(params, batch, rng) -> Rollout:
-        return row_sharding(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, sampler_cfg,
+        return arrays.rows(generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], rng, sampler_cfg,
                                             sampling, group_size, stop_ids, pad_id, tools))
 
     def score(roll: Rollout, gold_bytes) -> jax.Array:
@@ -260,7 +264,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         micro-batch of rows at a time."""
         split = forward_split(roll.tokens.shape[0])
         logprobs, entropy = jax.lax.map(
-            lambda rows: completion_logprobs(params, *row_sharding(rows), model_cfg, temperature, with_entropy=True,
+            lambda rows: completion_logprobs(params, *arrays.rows(rows), model_cfg, temperature, with_entropy=True,
                                              rows_per_prompt=split.rows_per_prompt),
             tuple(split_rows(x, split) for x in (roll.prompt_tokens, roll.prompt_mask, roll.tokens)))
         return jax.lax.stop_gradient(merge_rows(logprobs, split)), jax.lax.stop_gradient(merge_rows(entropy, split))
@@ -293,7 +297,7 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
 
         def accumulate(grads_sum, micro_rows):
             grads, stats = jax.grad(micro_batch_loss, has_aux=True)(state.params, state.base,
-                                                                    row_sharding(micro_rows), denominator,
+                                                                    arrays.rows(micro_rows), denominator,
                                                                     micro_split.rows_per_prompt)
             return jax.tree.map(jnp.add, grads_sum, grads), stats
 
@@ -448,12 +452,23 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         """The chosen groups of several draws as one batch of P groups, in the order chosen."""
         rows = (chosen[:, :1] * scores[0].shape[0] + chosen[:, 1:] * group_size + jnp.arange(group_size)).reshape(-1)
         pick = lambda *draws: jnp.concatenate(draws)[rows]  # noqa: E731
-        return row_sharding(jax.tree.map(pick, *rolls)), row_sharding(pick(*scores))
+        return arrays.rows(jax.tree.map(pick, *rolls)), arrays.rows(pick(*scores))
 
+    def rows_laid_out(function: Callable) -> Callable:
+        """`function`, tracing its forward passes under `arrays`: each device runs its own rows through every
+        layer and gathers weights, not rows (FSDP)."""
+        @functools.wraps(function)
+        def laid_out(*args):
+            with layout(arrays):
+                return function(*args)
+        return laid_out
+
+    rollout, learn = rows_laid_out(rollout), rows_laid_out(learn)
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
                          step=chain_phases(rollout, score, learn, group_size, policy),
                          groups_with_spread=groups_with_spread, select_groups=select_groups, policy=policy,
-                         reference_logprobs=lambda state, roll: batch_logprobs(reference(state), roll)[0])
+                         reference_logprobs=rows_laid_out(
+                             lambda state, roll: batch_logprobs(reference(state), roll)[0]))
 
 
 def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int, policy: Callable) -> Callable:

@@ -53,8 +53,9 @@ from jax.sharding import Mesh
 
 from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
+from rlreason.models.transformer import layout
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
-from rlreason.parallel.rules import Rules, batch_shards, rows_sharding
+from rlreason.parallel.rules import Rules, batch_shards, model_layout
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.sampling.tools import make_tool_turns
@@ -170,17 +171,17 @@ class Evaluator:
         self.problems_per_call = -(-wanted // split) * split
         sampling = SamplingParams.from_config(cfg.sampling, temperature=cfg.eval.temperature)
         tools = make_tool_turns(cfg.sampling.tools, tokenizer)  # a policy trained with tools is evaluated with them
-        split_rows = lambda leaf: jax.lax.with_sharding_constraint(  # noqa: E731
-            leaf, rows_sharding(mesh, leaf.shape, rules))
+        arrays = model_layout(mesh, rules)
 
         def sample(params, batch):
             """batch: prompt_tokens, prompt_mask int32 [P, Tp], gold_bytes uint8 [P, Lg], problem int32 [P]."""
             seed_key = jax.random.key(cfg.train.seed)
             prompt_keys = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, batch["problem"])
-            roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
-                                   sampling, k, tokenizer.stop_ids, tokenizer.pad_id, tools)
+            with layout(arrays):
+                roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
+                                       sampling, k, tokenizer.stop_ids, tokenizer.pad_id, tools)
             # Rows [P * k] stay where their prompts were, split as the scorer splits them.
-            return jax.tree.map(split_rows, (roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
+            return arrays.rows((roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
 
         self.sample = jax.jit(sample)  # compiled once: every call has the same shapes and shardings
         self.prm_scores = prm_scoring(cfg.eval.prm, tokenizer, mesh, rules) if cfg.eval.prm else None

@@ -48,8 +48,8 @@ from rlreason.parallel.host_data import gather_rows, global_batch, process_rows,
 from rlreason.parallel.mesh import make_mesh
 from rlreason.models.lora import (adapter_specs, base_specs, check_quantizable, init_adapters, merge_adapters,
                                   quantize_base)
-from rlreason.parallel.rules import (axis_rules, batch_shards, opt_state_shardings, param_shardings, replicated,
-                                     rows_sharding, spec_shardings)
+from rlreason.parallel.rules import (axis_rules, batch_shards, model_layout, opt_state_shardings, param_shardings,
+                                     replicated, spec_shardings)
 from rlreason.parallel.sharded_init import init_params_sharded
 from rlreason.progress import progress_bar
 from rlreason.rl.step import (GRPOFunctions, ProcessReward, Refill, TrainState, compile_grpo, init_train_state,
@@ -211,8 +211,6 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         weights = (prm.params, prm.head)
         state_layout = state_layout.replace(process_reward_model=jax.tree.map(lambda leaf: leaf.sharding, weights))
         state = state.replace(process_reward_model=weights)
-    rows_layout = lambda tree: jax.tree.map(  # noqa: E731
-        lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
     # Scored after the rewards, for the strict / lenient accuracy metrics only (weight 0, never in the reward).
     # Scored on tokens (grpo.scoring=jax), only those with a token-level version: no lenient check.
     scored = grpo.rewards + tuple(RewardConfig(name, weight=0.0) for name in metric_only_functions(
@@ -228,8 +226,9 @@ def build_trainer(cfg: Config, abstract_state: bool = False) -> Trainer:
         grpo, model_cfg, SamplingParams.from_config(cfg.sampling), optimizer, scorer,
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
         reward_names=tuple(reward.name for reward in scored), accuracy_reward=grpo.accuracy_reward,
-        learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer), row_sharding=rows_layout,
-        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout), lora=cfg.lora,
+        learning_rate_fn=schedule, tools=make_tool_turns(cfg.sampling.tools, tokenizer),
+        arrays=model_layout(mesh, rules), lora=cfg.lora,
+        state_sharding=lambda new_state: jax.lax.with_sharding_constraint(new_state, state_layout),
         process_reward=process_reward, row_shards=batch_shards(mesh, rules))
     prompts = load_prompts(cfg.task, "train", cfg.task.num_train, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)

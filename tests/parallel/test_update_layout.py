@@ -4,7 +4,8 @@ no rows between devices and each device computes its share.
 
 Judged from the compiled program on 8 simulated CPU devices (tests/parallel/scripts/update_hlo.py): the run
 has 8 prompts x 4 completions = 32 rows, 2 minibatches of 16 rows, each summed over 2 micro-batches of 8, two
-passes (the second dealing the rows to the minibatches afresh, grpo.shuffle_minibatches), and a reference model. Row-carrying arrays lead with 32, 16 or 8 rows (4, 2 or 1 per device), sizes no parameter
+passes (the second dealing the rows to the minibatches afresh, grpo.shuffle_minibatches), and a reference model.
+Row-carrying arrays lead with 32, 16 or 8 rows (4, 2 or 1 per device), sizes no parameter
 dimension of the tiny model has (48, 96, 12, 4, 2). FSDP all-gathers weights by design; an all-gather whose
 result leads with a row count would be rows moving.
 """
@@ -41,15 +42,10 @@ def leading_dim(shape: str) -> int:
     return int(dims.split(",")[0]) if dims else 1
 
 
-PURE_FSDP_GATHERS_ROWS = pytest.mark.xfail(strict=True, reason=(
-    "known gap: on a pure FSDP mesh XLA's partitioner gathers a micro-batch's activations (whose rows and the "
-    "weights' hidden size are split over the same fsdp axis) instead of the layer's weights; the fix is a "
-    "per-layer weight gather or activation constraints inside the model"))
-
-
-@pytest.mark.parametrize("mesh", [mesh if mesh != "1x8x1" else pytest.param(mesh, marks=PURE_FSDP_GATHERS_ROWS)
-                                  for mesh in MESHES[1:]])
+@pytest.mark.parametrize("mesh", MESHES[1:])
 def test_no_rows_are_gathered(compiled, mesh):
+    """On fsdp meshes the rows and the weights' hidden size are split over the same axis: without the model's
+    activation layout (rlreason.parallel.rules.model_layout) the compiler gathered activations or token ids."""
     row_gathers = [shape for shape in compiled[mesh]["all_gathers"] if leading_dim(shape) in ROW_COUNTS]
     assert row_gathers == []
 

@@ -109,12 +109,13 @@ def scripted_scorer(prompt_tokens, prompt_mask, tokens, mask, gold_bytes):
 REWARD_NAMES = ("r1_format", "exact_answer", "lenient_answer")
 
 
-def scripted_grpo(tools, sampling, row_sharding=lambda rows: rows, group_size: int = 2, margin: float = 6.0):
+def scripted_grpo(tools, sampling, arrays=None, group_size: int = 2, margin: float = 6.0):
     """GRPO functions of the scripted model (`scripted_params(margin)`) with `tools` (a ToolTurns or None), its
-    initial state and a batch maker (prompt letters -> batch)."""
+    initial state and a batch maker (prompt letters -> batch). `arrays`: a transformer.Layout (None: the default)."""
     import optax
 
     from rlreason.config import GRPOConfig
+    from rlreason.models.transformer import Layout
     from rlreason.rl.step import init_train_state, make_grpo_functions
 
     # eps = lr: the first update is then no more sensitive to float noise in the gradient than the gradient.
@@ -122,7 +123,7 @@ def scripted_grpo(tools, sampling, row_sharding=lambda rows: rows, group_size: i
     functions = make_grpo_functions(GRPOConfig(num_generations=group_size), CFG, sampling, optimizer, scripted_scorer,
                                     stop_ids=(EOS,), pad_id=PAD, reward_names=REWARD_NAMES,
                                     accuracy_reward="exact_answer", learning_rate_fn=lambda step: 1e-2, tools=tools,
-                                    row_sharding=row_sharding)
+                                    arrays=arrays or Layout())
     state = init_train_state(scripted_params(margin), optimizer, jax.random.key(3), keep_reference=False)
 
     def batch(*firsts: str):

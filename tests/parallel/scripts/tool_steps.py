@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlreason.parallel.mesh import make_mesh  # noqa: E402
-from rlreason.parallel.rules import rows_sharding  # noqa: E402
+from rlreason.parallel.rules import model_layout, rows_sharding  # noqa: E402
 from rlreason.sampling.sampler import SamplingParams  # noqa: E402
 from rlreason.sampling.tools import TOOLS, ToolTurns  # noqa: E402
 from scripted import ID, PieceTokenizer, scripted_grpo  # noqa: E402
@@ -39,13 +39,12 @@ SAMPLING = SamplingParams(max_new_tokens=20, temperature=1.0)
 def run(mesh_name: str) -> dict[str, np.ndarray]:
     tools = ToolTurns((TOOLS["calc"],), PieceTokenizer(), max_calls=2, max_observation_tokens=8, timeout_s=5.0)
     if mesh_name == "1x1x1":
-        mesh, row_sharding = None, lambda rows: rows
+        mesh, arrays = None, None
     else:
         data, fsdp, tensor = (int(size) for size in mesh_name.split("x"))
         mesh = make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor))
-        row_sharding = lambda tree: jax.tree.map(  # noqa: E731
-            lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape)), tree)
-    functions, state, batch = scripted_grpo(tools, SAMPLING, row_sharding, margin=7.0)
+        arrays = model_layout(mesh)
+    functions, state, batch = scripted_grpo(tools, SAMPLING, arrays, margin=7.0)
     prompts = batch(*PROMPTS)
     if mesh is not None:
         prompts = {key: jax.device_put(value, rows_sharding(mesh, value.shape)) for key, value in prompts.items()}
