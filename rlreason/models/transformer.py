@@ -270,32 +270,51 @@ def _matmul_backward(equation, operands, gradient):
 matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
-def project(layer: Params, name: str, x: jax.Array, equation: str, dtype) -> jax.Array:
-    """x times the layer's weight `name` by the einsum `equation` ("<x axes>,<weight axes>-><out axes>"), plus
+# Each projection weight's einsum with its input: "<input axes>,<weight axes>-><output axes>". Every weight leads
+# with the axes it contracts, which trail its input.
+PROJECTIONS = {"q_proj": "bte,ehd->bthd", "k_proj": "bte,ekd->btkd", "v_proj": "bte,ekd->btkd",
+               "o_proj": "bthd,hde->bte", "gate_proj": "ne,em->nm", "up_proj": "ne,em->nm", "down_proj": "nm,me->ne"}
+
+
+class OutputMajor(NamedTuple):
+    """A projection weight transposed to its produced axes first and its contracted axes last (the [out, in] of
+    torch's nn.Linear), in the compute dtype (`decode_weights`)."""
+
+    weight: jax.Array
+
+
+def _projection_axes(name: str) -> tuple[str, str, str]:
+    """(input axes, weight axes, output axes) of projection `name`."""
+    operands, out_axes = PROJECTIONS[name].split("->")
+    return (*operands.split(","), out_axes)
+
+
+def project(layer: Params, name: str, x: jax.Array, dtype) -> jax.Array:
+    """x times the layer's weight `name` by its einsum (PROJECTIONS: "<x axes>,<weight axes>-><out axes>"), plus
     the LoRA update x A B when the layer has adapters for it (`layer["lora"][name]`: A [<contracted axes>, r],
     B [r, <weight's other axes>], B already scaled by alpha / r). The low-rank path never forms the weight-sized
-    product A B: it costs r (inputs + outputs) per row.
+    product A B: it costs r (inputs + outputs) per row. The weight may be OutputMajor.
 
-    Several contracted axes (the output projection's heads and head_dim) are merged into one, leading in the
-    weight and trailing in x, so the product is a plain matmul: XLA's CPU backend otherwise reorders them by
-    copying the weight on every call, in every decode step."""
-    operands, out_axes = equation.split("->")
-    x_axes, weight_axes = operands.split(",")
+    Several contracted axes (the output projection's heads and head_dim) are merged into one, so the product is a
+    plain matmul: XLA's CPU backend otherwise reorders them by copying the weight on every call, in every decode
+    step."""
+    x_axes, weight_axes, out_axes = _projection_axes(name)
     contracted = "".join(axis for axis in weight_axes if axis in x_axes)
-    weight = dense(layer[name], dtype)
-    adapter_a = None if (adapter := layer.get("lora", {}).get(name)) is None else adapter["a"].astype(dtype)
-    if len(contracted) > 1 and x_axes.endswith(contracted) and weight_axes.startswith(contracted):
-        merged = lambda array, leading: array.reshape(  # noqa: E731
-            (-1, *array.shape[len(contracted):]) if leading else (*array.shape[:-len(contracted)], -1))
-        x, weight = merged(x, False), merged(weight, True)
-        adapter_a = None if adapter_a is None else merged(adapter_a, True)
-        x_axes, weight_axes, contracted = x_axes[:-len(contracted)] + "f", "f" + weight_axes[len(contracted):], "f"
-    out = matmul(f"{x_axes},{weight_axes}->{out_axes}", x, weight)
-    if adapter is None:
-        return out
-    kept = "".join(axis for axis in x_axes if axis not in weight_axes)
     produced = "".join(axis for axis in weight_axes if axis not in x_axes)
-    low_rank = matmul(f"{x_axes},{contracted}r->{kept}r", x, adapter_a)
+    kept = "".join(axis for axis in x_axes if axis not in weight_axes)
+    if isinstance(stored := layer[name], OutputMajor):
+        weight, leading = stored.weight, False
+    else:
+        weight, leading = dense(stored, dtype), True
+    # The contracted axes, trailing in x and together in the weight, merge into one ("f").
+    x = x.reshape(*x.shape[:-len(contracted)], -1)
+    weight = weight.reshape((-1, *weight.shape[len(contracted):]) if leading
+                            else (*weight.shape[:-len(contracted)], -1))
+    out = matmul(f"{kept}f,{'f' + produced if leading else produced + 'f'}->{out_axes}", x, weight)
+    if (adapter := layer.get("lora", {}).get(name)) is None:
+        return out
+    adapter_a = adapter["a"].astype(dtype).reshape(-1, adapter["a"].shape[-1])
+    low_rank = matmul(f"{kept}f,fr->{kept}r", x, adapter_a)
     return out + matmul(f"{kept}r,r{produced}->{out_axes}", low_rank, adapter["b"].astype(dtype))
 
 
@@ -309,9 +328,9 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     Returns (output [B, T, E], the new tokens' keys and values [B, T, K, D], the updated layer cache or None).
     """
     dtype = jnp.dtype(cfg.dtype)
-    queries = project(layer, "q_proj", x, "bte,ehd->bthd", dtype)
-    keys = project(layer, "k_proj", x, "bte,ekd->btkd", dtype)
-    values = project(layer, "v_proj", x, "bte,ekd->btkd", dtype)
+    queries = project(layer, "q_proj", x, dtype)
+    keys = project(layer, "k_proj", x, dtype)
+    values = project(layer, "v_proj", x, dtype)
     if cfg.qkv_bias:
         queries = queries + layer["q_bias"].astype(dtype)
         keys = keys + layer["k_bias"].astype(dtype)
@@ -328,7 +347,7 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
         if cfg.attention != "einsum":
             attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
                                                     implementation=cfg.attention)
-            return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), keys, values, None
+            return project(layer, "o_proj", attended, dtype), keys, values, None
         attend_keys, attend_values = cache_layout(keys, values)
     else:
         new_keys, new_values = cache_layout(keys, values)
@@ -349,7 +368,7 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     attended = matmul("bkqs,bksd->bkqd", weights, attend_values.astype(dtype))
     attended = attended.reshape(batch, cfg.num_kv_heads, groups, length, head_dim)
     attended = jnp.transpose(attended, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
-    return project(layer, "o_proj", attended, "bthd,hde->bte", dtype), keys, values, layer_cache
+    return project(layer, "o_proj", attended, dtype), keys, values, layer_cache
 
 
 def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -357,10 +376,10 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
     # Plain 2-D matmuls over the B*T rows: the weight gradients then contract one axis, which XLA's CPU backend
     # runs about 30% faster than the two-axis ("bt") contraction of the einsum form.
     rows = x.reshape(-1, x.shape[-1])
-    gate = project(layer, "gate_proj", rows, "ne,em->nm", dtype)
-    up = project(layer, "up_proj", rows, "ne,em->nm", dtype)
+    gate = project(layer, "gate_proj", rows, dtype)
+    up = project(layer, "up_proj", rows, dtype)
     activation = ACTIVATIONS[cfg.hidden_act]
-    return project(layer, "down_proj", activation(gate) * up, "nm,me->ne", dtype).reshape(x.shape)
+    return project(layer, "down_proj", activation(gate) * up, dtype).reshape(x.shape)
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
@@ -419,11 +438,28 @@ def compute_weights(params: Params, cfg: ModelConfig) -> Params:
     return jax.tree_util.tree_map_with_path(cast, params, is_leaf=lambda node: isinstance(node, QuantizedWeight))
 
 
-def unstack_layers(params: Params) -> Params:
-    """`params` with the stacked layers ([L, ...] leaves) as a tuple of L per-layer trees, which an unrolled
-    forward pass (scan_layers false) uses as they are: the sampler slices the layers out once per call, not in
-    every decode step."""
-    return {**params, "layers": tuple(layer_list(params))}
+def decode_weights(params: Params, cfg: ModelConfig) -> Params:
+    """The weights a decode loop reads on every token, prepared once per call: in the compute dtype
+    (compute_weights), the layers unstacked (a tuple of L per-layer trees, which an unrolled forward pass,
+    scan_layers false, uses as they are, where slicing stacked weights would copy them every step), and, in a
+    16-bit compute dtype, each full-precision projection weight OutputMajor.
+
+    Why output-major in 16 bits only: a decode step multiplies each weight by a few rows, and XLA's CPU library
+    runs that bfloat16 product faster with the contracted axis contiguous (SmolLM2-135M decoding 8 rows: 41 ms a
+    token instead of 59, Intel Xeon, 2026-12-07), while the float32 product is no faster that way and the
+    transpose would be an extra copy of every weight (the 16-bit cast copies them anyway)."""
+    params = compute_weights(params, cfg)
+    layers = layer_list(params)
+    if jnp.dtype(cfg.dtype).itemsize == 2:
+        def transposed(name, weight):
+            if name not in PROJECTIONS or isinstance(weight, QuantizedWeight):
+                return weight
+            x_axes, weight_axes, _ = _projection_axes(name)
+            contracted = sum(axis in x_axes for axis in weight_axes)  # the leading ones
+            return OutputMajor(jnp.transpose(weight, (*range(contracted, weight.ndim), *range(contracted))))
+
+        layers = [{name: transposed(name, weight) for name, weight in layer.items()} for layer in layers]
+    return {**params, "layers": tuple(layers)}
 
 
 def unstack_cache(cache: KVCache) -> KVCache:
@@ -432,7 +468,7 @@ def unstack_cache(cache: KVCache) -> KVCache:
 
 
 def layer_list(params: Params) -> list[Params] | tuple[Params, ...]:
-    """The per-layer parameter trees of `params`, stacked or unstacked (`unstack_layers`)."""
+    """The per-layer parameter trees of `params`, stacked or unstacked (`decode_weights`)."""
     if isinstance(params["layers"], tuple):
         return params["layers"]
     return [jax.tree.map(lambda leaf: leaf[index], params["layers"])
@@ -449,7 +485,7 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
     keys and values are written at `cache_index`, and they attend to the cache's slots up to their own; a
     cache_index of the Python int 0 (a prefill, which can see no earlier slot) attends among the T tokens only
     and fills a stacked cache. The unrolled form (scan_layers false) takes stacked or unstacked params, and a
-    decode step stacked or unstacked caches (`unstack_layers`, `unstack_cache`); the scanned form takes stacked
+    decode step stacked or unstacked caches (`decode_weights`, `unstack_cache`); the scanned form takes stacked
     ones. segment_ids: [B, T] int32 or None, for packed rows
     without a cache: a token attends only to earlier tokens of its own segment (give each segment positions that
     start at 0, as an unpacked row would have).

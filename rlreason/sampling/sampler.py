@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
-from rlreason.models.transformer import (Params, compute_weights, forward, prefill_for_rows, unembed,
-                                         unstack_cache, unstack_layers)
+from rlreason.models.transformer import (Params, decode_weights, forward, prefill_for_rows, unembed,
+                                         unstack_cache)
 from rlreason.sampling.tools import ToolTurns, force_observations, initial_turns, queue_observations
 
 
@@ -179,9 +179,9 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     step_keys = jax.vmap(jax.random.fold_in, (0, None)) if rng.ndim else jax.random.fold_in
 
     closing = None if tools is None else tools.closing_table(cfg.vocab_size)
-    # Decode steps run the layers unrolled, over weights (in the compute dtype) and caches sliced out once, here,
-    # not in every step.
-    decode_cfg, decode_params = dataclasses.replace(cfg, scan_layers=False), unstack_layers(compute_weights(params, cfg))
+    # Decode steps run the layers unrolled, over weights (decode_weights) and caches prepared once, here, not in
+    # every step.
+    decode_cfg, decode_params = dataclasses.replace(cfg, scan_layers=False), decode_weights(params, cfg)
 
     def emit(state, index, logits):
         """Samples token `index` from `logits` [B, V] (or inserts a queued observation token) and records it."""

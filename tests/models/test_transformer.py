@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlreason.config import ModelConfig
-from rlreason.models.transformer import (forward, init_cache, init_params, layer_windows, logical_axes,
-                                         param_specs, positions_from_mask)
+from rlreason.config import LoraConfig, ModelConfig
+from rlreason.models.lora import init_adapters, with_adapters
+from rlreason.models.transformer import (PROJECTIONS, OutputMajor, decode_weights, forward, init_cache, init_params,
+                                         layer_list, layer_windows, logical_axes, param_specs, positions_from_mask,
+                                         project)
 
 FAMILIES = {
     "llama": {},
@@ -96,3 +98,43 @@ def test_bfloat16_compute_with_float32_params_is_close():
     low = full_forward(params, tokens, tiny(dtype="bfloat16"))
     assert low.dtype == jnp.float32  # logits always come back in float32
     np.testing.assert_allclose(low, full_forward(params, tokens, cfg), atol=0.15)
+
+
+def test_decode_weights_give_each_projection_its_product_in_bfloat16():
+    """decode_weights (the sampler's once-per-call preparation) transposes every projection weight in 16-bit
+    compute (OutputMajor); `project` must still compute x W + x A B. Checked against a float64 product of the
+    same bfloat16 values: each bfloat16 rounding (the two products, the sum) is within 2^-8 of its magnitude, so
+    4 * 2^-8 of the largest output bounds the difference, while a wrongly ordered weight is off by O(1)."""
+    cfg = tiny(dtype="bfloat16")
+    lora = LoraConfig(rank=4)
+    adapters = init_adapters(cfg, lora, jax.random.key(1))
+    adapters = jax.tree.map(lambda leaf: jax.random.normal(jax.random.key(2), leaf.shape) * 0.3, adapters)
+    params = with_adapters(init_params(cfg, jax.random.key(0)), adapters, lora)
+    prepared = layer_list(decode_weights(params, cfg))[1]
+    assert all(isinstance(prepared[name], OutputMajor) for name in PROJECTIONS)
+    original = jax.tree.map(lambda leaf: leaf.astype(jnp.bfloat16), layer_list(params)[1])
+    as_float64 = lambda array: np.asarray(array.astype(jnp.float32), np.float64)  # noqa: E731
+    inputs = {"bte": (2, 3, cfg.hidden_size), "bthd": (2, 3, cfg.num_heads, cfg.head_dim),
+              "ne": (6, cfg.hidden_size), "nm": (6, cfg.intermediate_size)}
+    for index, (name, equation) in enumerate(PROJECTIONS.items()):
+        x_axes = equation.split(",")[0]
+        x = jax.random.normal(jax.random.key(10 + index), inputs[x_axes]).astype(jnp.bfloat16)
+        adapter = original["lora"][name]
+        kept = x_axes[:2] if x_axes.startswith("bt") else x_axes[:1]
+        contracted = x_axes[len(kept):]
+        produced = equation.split("->")[1][len(kept):]
+        expected = (np.einsum(equation, as_float64(x), as_float64(original[name]))
+                    + np.einsum(f"{x_axes},{contracted}r,r{produced}->{equation.split('->')[1]}", as_float64(x),
+                                as_float64(adapter["a"]), as_float64(adapter["b"])))
+        bound = 4 * 2.0**-8 * np.abs(expected).max()
+        for layer in (original, prepared):
+            np.testing.assert_allclose(as_float64(project(layer, name, x, jnp.bfloat16)), expected, atol=bound,
+                                       err_msg=name)
+
+
+def test_decode_weights_keep_float32_weights_as_they_are():
+    params = init_params(tiny(), jax.random.key(0))
+    prepared = layer_list(decode_weights(params, tiny()))
+    assert isinstance(prepared, tuple) and len(prepared) == 3
+    for name in PROJECTIONS:
+        np.testing.assert_array_equal(prepared[2][name], params["layers"][name][2])
