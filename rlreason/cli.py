@@ -98,6 +98,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         if name == "demo":
             command.add_argument("--control", default="shuffle", choices=REWARD_CONTROLS,
                                  help="grpo.reward_control of the control run next to the real one (none: no control)")
+        if name == "bench":
+            command.add_argument("--memory", action="store_true",
+                                 help="compile the step without running it and print its memory per device")
         if name == "sample":
             command.add_argument("--model", required=True, help="a model directory (from pretrain, train or convert)")
         if name == "generate":
@@ -263,6 +266,10 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
         from rlreason.train.commands import run_sample
 
         run_sample(cfg, args.model, args.prompt)
+    elif args.command == "bench" and args.memory:
+        from rlreason.train.bench import run_memory
+
+        run_memory(cfg)
     elif args.command == "bench":
         from rlreason.train.bench import run_bench
 

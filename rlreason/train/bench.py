@@ -6,6 +6,9 @@ Prints one line per figure and a final JSON line; also the per-device parameter 
 FSDP's saving can be read off (compare `mesh.fsdp=8` with one device), the step's model FLOPs
 (rlreason.train.flops), the achieved GFLOP/s and MFU against a matmul peak measured in the same run on the same
 device and dtype, and the peak memory (the device's allocator where it reports one, else the process's RSS).
+
+`rlreason bench --memory` (`run_memory`) compiles the step without running it or reading any weights and prints
+the compiled program's memory per device: will a config fit its accelerator, before anything is launched.
 """
 
 from __future__ import annotations
@@ -173,3 +176,51 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
           + (" (above the core count: other work competed, figures are pessimistic)" if busy else ""))
     print(json.dumps(result))
     return result
+
+
+def run_memory(cfg: Config) -> dict:
+    """Compiles the fused step (one program; train.split_step and dynamic-sampling refill run its phases apart,
+    which hold no more at once) for the widest prompt batch (sampling.prompt_bucket off) without running it or
+    reading weights, and prints what the compiled program holds per device (XLA's memory analysis): its arguments
+    (the state and the batch), its outputs, what the donated state shares between the two, and its temporaries.
+    Without train.model_dir and tokenizer.path, a tokenizer is trained on the task corpus as `run_bench` does."""
+    with tempfile.TemporaryDirectory() as scratch:
+        sampling = dataclasses.replace(cfg.sampling, prompt_bucket=0)
+        cfg = dataclasses.replace(cfg, sampling=sampling)
+        if not cfg.train.model_dir and not cfg.tokenizer.path:
+            pairs = corpus_texts(cfg, synthetic.generate(cfg.task, cfg.tokenizer.train_corpus_size, cfg.task.seed))
+            tokenizer_file = Path(scratch) / tokenizer_for(cfg, pairs).save_to(scratch)
+            cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tokenizer_file)))
+        trainer = build_trainer(cfg, abstract_state=True)
+        batch = trainer.prompt_batch(next(trainer.batches))
+        start = time.perf_counter()
+        fused_step = jax.jit(trainer.functions.step, donate_argnums=0)
+        analysis = fused_step.lower(trainer.state, batch).compile().memory_analysis()
+        compile_s = time.perf_counter() - start
+    if analysis is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis of a compiled program")
+    result = {
+        "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "mesh": dict(trainer.mesh.shape),
+        "rollouts_per_step": cfg.train.batch_size * cfg.grpo.num_generations,
+        "prompt_tokens": batch["prompt_tokens"].shape[1],
+        "completion_tokens": cfg.sampling.max_completion_length,
+        "compile_s": round(compile_s, 1),
+        "argument_bytes": analysis.argument_size_in_bytes,
+        "output_bytes": analysis.output_size_in_bytes,
+        "donated_bytes": analysis.alias_size_in_bytes,
+        "temporary_bytes": analysis.temp_size_in_bytes,
+        # Arguments and outputs live together except where the donated state's buffers are reused.
+        "peak_bytes": (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+                       + analysis.temp_size_in_bytes),
+    }
+    gib = lambda key: f"{result[key] / 2**30:.2f} GiB"  # noqa: E731
+    print(f"GRPO step compiled for {result['device']}, mesh {result['mesh']}, {result['rollouts_per_step']} rollouts "
+          f"of {result['prompt_tokens']} prompt + {result['completion_tokens']} completion tokens "
+          f"({compile_s:.0f} s to compile; nothing run)")
+    print(f"  per device: arguments (state, batch) {gib('argument_bytes')}, outputs {gib('output_bytes')} "
+          f"({gib('donated_bytes')} of them in the donated state's buffers), temporaries {gib('temporary_bytes')}")
+    print(f"  peak per device {gib('peak_bytes')} (arguments + outputs - donated + temporaries)")
+    print(json.dumps(result))
+    return result
+

@@ -113,6 +113,38 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert figures["cpu"] in cpu_names and f"({figures['cpu']}, " in result.stdout
 
 
+def test_bench_memory_counts_the_state_and_sees_chunked_logits_shrink(capsys):
+    """`rlreason bench --memory` compiles the step and reads XLA's memory analysis, running nothing. The state it
+    counts is params + Adam's two moments + the reference copy (beta > 0): 4 float32 copies of the parameters,
+    plus a few small arrays (the batch, the RNG, counters). Computing log-probs in chunks of 4 positions must
+    shed at least two full [rows, completion, vocab] float32 logit buffers from the temporaries."""
+    import jax
+    import numpy as np
+
+    from rlreason.models.transformer import param_specs
+    from tiny_run import TINY_OVERRIDES, tiny_config
+
+    settings = [*TINY_OVERRIDES, "train.model_dir=", "grpo.beta=0.04", "model.vocab_size=16384"]
+    figures = []
+    for extra in ([], ["model.logprob_chunk_size=4"]):
+        assert main(["bench", "--memory", "configs/demo_cpu.yaml", *settings, *extra]) == 0
+        output = capsys.readouterr().out
+        assert "nothing run" in output and "peak per device" in output
+        figures.append(json.loads(output.strip().splitlines()[-1]))
+    whole, chunked = figures
+    cfg = tiny_config(*settings)
+    state_bytes = 4 * 4 * sum(int(np.prod(spec.shape)) for spec in jax.tree.leaves(
+        param_specs(cfg.model), is_leaf=lambda node: hasattr(node, "axes")))
+    assert 0 <= whole["argument_bytes"] - state_bytes < 2**16
+    assert state_bytes <= whole["donated_bytes"] <= whole["argument_bytes"]
+    assert whole["peak_bytes"] == (whole["argument_bytes"] + whole["output_bytes"] - whole["donated_bytes"]
+                                   + whole["temporary_bytes"])
+    rows = cfg.train.batch_size * cfg.grpo.num_generations
+    logits_bytes = rows * cfg.sampling.max_completion_length * cfg.model.vocab_size * 4
+    assert chunked["temporary_bytes"] < whole["temporary_bytes"] - 2 * logits_bytes
+    assert chunked["argument_bytes"] == whole["argument_bytes"]
+
+
 def test_pretrain_with_options_before_the_overrides_ends_with_where_the_model_went(tmp_path, capsys):
     from tiny_run import TINY_OVERRIDES
 
