@@ -57,8 +57,8 @@ class Layout(NamedTuple):
 
     rows: arrays (or trees of them) that lead with rows [B, ...]: the residual stream [B, T, E] after the embedding
       and after each block, and the caller's own rows (the trainer splits them over devices like its rollout
-      rows: on a mesh whose fsdp axis splits both the rows and the weights' hidden size, the
-      compiler would otherwise be free to gather rows instead of weights).
+      rows: on a mesh whose fsdp axis splits both the rows and the weights' hidden size, the compiler would
+      otherwise be free to gather rows instead of weights).
     gathered: (weight, its logical axes) -> the weight as a row-split computation uses it (the embedding table,
       whose lookup the compiler would otherwise do for every device's rows on each device's slice of the table).
     """
