@@ -206,7 +206,7 @@ CASES = [
       "set train.batch_size to a multiple of 4"]),
     ("mesh does not match the devices", run("mesh.data=3"), ConfigError,
      ["mesh.data=3, mesh.fsdp=1, mesh.tensor=1: their product is 3, but the run has 1 devices",
-      "set one axis to -1"]),
+      "set one axis to -1", "on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N gives N simulated devices"]),
     ("model directory missing", run(lambda inputs: f"train.model_dir={inputs.tmp / 'no-model'}"), ModelDirError,
      ["model.yaml' does not exist", "is not an rlreason model directory (make one with `rlreason pretrain`"]),
     ("model directory without weights", run(model_without_weights), ModelDirError,

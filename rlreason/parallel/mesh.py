@@ -60,7 +60,14 @@ def multislice_grid(shape: Sequence[int], devices: Sequence, num_slices: int) ->
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The run's mesh over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)
-    shape = mesh_shape(cfg, len(devices))
+    try:
+        shape = mesh_shape(cfg, len(devices))
+    except ConfigError as error:
+        if devices[0].platform != "cpu":
+            raise
+        # A pod's config tried on a laptop (rlreason bench --memory, a dry run of the step): say how to get its mesh.
+        raise ConfigError(f"{error} (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N gives N simulated "
+                          f"devices)") from None
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
     num_slices = len({getattr(device, "slice_index", 0) for device in devices})
     if num_slices == 1:
