@@ -283,10 +283,12 @@ class OutputMajor(NamedTuple):
     weight: jax.Array
 
 
-def _projection_axes(name: str) -> tuple[str, str, str]:
-    """(input axes, weight axes, output axes) of projection `name`."""
+def _projection_axes(name: str) -> tuple[str, str, str, str]:
+    """Projection `name`'s axes: (kept: the input's others, contracted, produced: the weight's others, output)."""
     operands, out_axes = PROJECTIONS[name].split("->")
-    return (*operands.split(","), out_axes)
+    x_axes, weight_axes = operands.split(",")
+    contracted = "".join(axis for axis in weight_axes if axis in x_axes)
+    return (x_axes.removesuffix(contracted), contracted, weight_axes.removeprefix(contracted), out_axes)
 
 
 def project(layer: Params, name: str, x: jax.Array, dtype) -> jax.Array:
@@ -298,10 +300,7 @@ def project(layer: Params, name: str, x: jax.Array, dtype) -> jax.Array:
     Several contracted axes (the output projection's heads and head_dim) are merged into one, so the product is a
     plain matmul: XLA's CPU backend otherwise reorders them by copying the weight on every call, in every decode
     step."""
-    x_axes, weight_axes, out_axes = _projection_axes(name)
-    contracted = "".join(axis for axis in weight_axes if axis in x_axes)
-    produced = "".join(axis for axis in weight_axes if axis not in x_axes)
-    kept = "".join(axis for axis in x_axes if axis not in weight_axes)
+    kept, contracted, produced, out_axes = _projection_axes(name)
     if isinstance(stored := layer[name], OutputMajor):
         weight, leading = stored.weight, False
     else:
@@ -454,8 +453,7 @@ def decode_weights(params: Params, cfg: ModelConfig) -> Params:
         def transposed(name, weight):
             if name not in PROJECTIONS or isinstance(weight, QuantizedWeight):
                 return weight
-            x_axes, weight_axes, _ = _projection_axes(name)
-            contracted = sum(axis in x_axes for axis in weight_axes)  # the leading ones
+            contracted = len(_projection_axes(name)[1])  # the weight's leading axes
             return OutputMajor(jnp.transpose(weight, (*range(contracted, weight.ndim), *range(contracted))))
 
         layers = [{name: transposed(name, weight) for name, weight in layer.items()} for layer in layers]

@@ -30,6 +30,7 @@ from rlreason.models.store import save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.memory import max_device_bytes
 from rlreason.progress import progress_bar
+from rlreason.tokenizers import Tokenizer
 from rlreason.train.compile_cache import cache_counts
 from rlreason.train.flops import grpo_step_flops, run_peak_flops
 from rlreason.train.loop import build_trainer
@@ -38,9 +39,14 @@ from rlreason.train.pretrain import corpus_texts, tokenizer_for
 TIMED_STEPS = 5
 
 
+def _task_tokenizer(cfg: Config) -> Tokenizer:
+    """tokenizer.path's tokenizer, or one trained on the task corpus."""
+    return tokenizer_for(cfg, corpus_texts(cfg, synthetic.generate(cfg.task, cfg.tokenizer.train_corpus_size,
+                                                                   cfg.task.seed)))
+
+
 def _random_model_dir(cfg: Config, directory: str) -> str:
-    pairs = corpus_texts(cfg, synthetic.generate(cfg.task, cfg.tokenizer.train_corpus_size, cfg.task.seed))
-    save_model(directory, init_params(cfg.model, jax.random.key(cfg.train.seed)), cfg.model, tokenizer_for(cfg, pairs))
+    save_model(directory, init_params(cfg.model, jax.random.key(cfg.train.seed)), cfg.model, _task_tokenizer(cfg))
     return directory
 
 
@@ -188,8 +194,7 @@ def run_memory(cfg: Config) -> dict:
         sampling = dataclasses.replace(cfg.sampling, prompt_bucket=0)
         cfg = dataclasses.replace(cfg, sampling=sampling)
         if not cfg.train.model_dir and not cfg.tokenizer.path:
-            pairs = corpus_texts(cfg, synthetic.generate(cfg.task, cfg.tokenizer.train_corpus_size, cfg.task.seed))
-            tokenizer_file = Path(scratch) / tokenizer_for(cfg, pairs).save_to(scratch)
+            tokenizer_file = Path(scratch) / _task_tokenizer(cfg).save_to(scratch)
             cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tokenizer_file)))
         trainer = build_trainer(cfg, abstract_state=True)
         batch = trainer.prompt_batch(next(trainer.batches))
@@ -223,4 +228,3 @@ def run_memory(cfg: Config) -> dict:
     print(f"  peak per device {gib('peak_bytes')} (arguments + outputs - donated + temporaries)")
     print(json.dumps(result))
     return result
-

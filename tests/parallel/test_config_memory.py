@@ -25,10 +25,13 @@ CHIPS = {
 }
 
 
-@pytest.mark.parametrize("config", [
-    "configs/gpu_1.yaml", "configs/tpu_v5e_8.yaml", pytest.param("configs/tpu_v5p_64.yaml", marks=pytest.mark.slow)])
-def test_the_shipped_config_fits_its_chip(config):
-    devices, chip_gib = CHIPS[config]
+SLOW = {"configs/tpu_v5p_64.yaml"}  # 32 simulated devices
+
+
+@pytest.mark.parametrize("config, devices, chip_gib", [
+    pytest.param(config, devices, chip_gib, marks=[pytest.mark.slow] if config in SLOW else [])
+    for config, (devices, chip_gib) in CHIPS.items()])
+def test_the_shipped_config_fits_its_chip(config, devices, chip_gib):
     # The compiler's own settings (not the suite's faster-compiling ones), as `rlreason bench --memory` runs.
     env = dict(python_env(), JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     result = subprocess.run(
