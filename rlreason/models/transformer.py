@@ -20,12 +20,11 @@ projection's low-rank update.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -53,7 +52,7 @@ REMAT_POLICIES = {
 
 class Layout(NamedTuple):
     """How a forward pass lays its arrays out over devices (sharding constraints), applied while a caller traces
-    under `layout`; the default leaves placement to the compiler.
+    under `laid_out`; the default leaves placement to the compiler.
 
     rows: arrays (or trees of them) that lead with rows [B, ...]: the residual stream [B, T, E] after the embedding
       and after each block, and the caller's own rows (the trainer splits them over devices like its rollout
@@ -70,14 +69,18 @@ class Layout(NamedTuple):
 _LAYOUT: contextvars.ContextVar[Layout] = contextvars.ContextVar("layout", default=Layout())
 
 
-@contextlib.contextmanager
-def layout(arrays: Layout) -> Iterator[None]:
-    """Every forward pass traced inside lays its arrays out by `arrays`."""
-    token = _LAYOUT.set(arrays)
-    try:
-        yield
-    finally:
-        _LAYOUT.reset(token)
+def laid_out(function: Callable, arrays: Layout) -> Callable:
+    """`function`, whose forward passes lay their arrays out by `arrays` whenever it is traced. Wrap a function
+    with it before `jax.jit`: the layout is fixed with the function, where a layout read from the context of a
+    later call would not be part of the jit cache's key."""
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        token = _LAYOUT.set(arrays)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _LAYOUT.reset(token)
+    return traced
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,6 @@ rlreason.models.logprobs.completion_hidden).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -42,7 +41,7 @@ from flax import struct
 from rlreason.config import GRPOConfig, LoraConfig, ModelConfig
 from rlreason.models.lora import with_adapters
 from rlreason.models.logprobs import completion_logprobs
-from rlreason.models.transformer import Layout, layout
+from rlreason.models.transformer import Layout, laid_out
 from rlreason.parallel.host_data import gather_rows
 from rlreason.rl.advantages import Advantages, compute_advantages, process_advantages
 from rlreason.rl.controls import make_reward_control
@@ -454,21 +453,13 @@ def make_grpo_functions(grpo: GRPOConfig, model_cfg: ModelConfig, sampling: Samp
         pick = lambda *draws: jnp.concatenate(draws)[rows]  # noqa: E731
         return arrays.rows(jax.tree.map(pick, *rolls)), arrays.rows(pick(*scores))
 
-    def rows_laid_out(function: Callable) -> Callable:
-        """`function`, tracing its forward passes under `arrays`: each device runs its own rows through every
-        layer and gathers weights, not rows (FSDP)."""
-        @functools.wraps(function)
-        def laid_out(*args):
-            with layout(arrays):
-                return function(*args)
-        return laid_out
-
-    rollout, learn = rows_laid_out(rollout), rows_laid_out(learn)
+    # Each device runs its own rows through every layer and gathers weights, not rows (FSDP).
+    rollout, learn = laid_out(rollout, arrays), laid_out(learn, arrays)
     return GRPOFunctions(rollout=rollout, score=score, learn=learn,
                          step=chain_phases(rollout, score, learn, group_size, policy),
                          groups_with_spread=groups_with_spread, select_groups=select_groups, policy=policy,
-                         reference_logprobs=rows_laid_out(
-                             lambda state, roll: batch_logprobs(reference(state), roll)[0]))
+                         reference_logprobs=laid_out(
+                             lambda state, roll: batch_logprobs(reference(state), roll)[0], arrays))
 
 
 def chain_phases(rollout: Callable, score: Callable, learn: Callable, group_size: int, policy: Callable) -> Callable:

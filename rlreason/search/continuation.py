@@ -7,6 +7,7 @@ row, and the sampled tokens come back per row with their log-probs under the sam
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -15,11 +16,18 @@ from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig
 from rlreason.data.encoding import left_pad
-from rlreason.parallel.rules import rows_sharding
+from rlreason.models.transformer import Layout, laid_out
+from rlreason.parallel.rules import model_layout, rows_sharding
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 
-# cfg, sampling, group_size, stop_ids and pad_id are static: one program per row count and setting.
-_generate = jax.jit(generate_groups, static_argnums=(4, 5, 6, 7, 8))
+
+@functools.cache
+def compiled_sampler(mesh: Mesh | None):
+    """generate_groups compiled for rows split over `mesh`'s batch axes, each device running its own rows through
+    the model (rlreason.parallel.rules.model_layout); None: no layout. cfg, sampling, group_size, stop_ids and
+    pad_id are static: one program per mesh, row count and setting."""
+    return jax.jit(laid_out(generate_groups, Layout() if mesh is None else model_layout(mesh)),
+                   static_argnums=(4, 5, 6, 7, 8))
 
 
 class Continuation(NamedTuple):
@@ -45,7 +53,8 @@ def continue_sequences(params, cfg: ModelConfig, sequences: list[list[int]], wid
     tokens, mask = padded_rows(sequences, width, pad_id)
     if mesh is not None:
         tokens, mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape)) for array in (tokens, mask, keys))
-    rollout = _generate(params, tokens, mask, keys, cfg, sampling, group_size, tuple(stop_ids), pad_id)
+    rollout = compiled_sampler(mesh)(params, tokens, mask, keys, cfg, sampling, group_size, tuple(stop_ids),
+                                     pad_id)
     new_tokens, logprobs = np.asarray(rollout.tokens), np.asarray(rollout.logprobs)
     new_mask = np.asarray(rollout.completion_mask).astype(bool)
     return [Continuation(new_tokens[row][new_mask[row]].tolist(), logprobs[row][new_mask[row]])

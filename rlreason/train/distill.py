@@ -28,9 +28,10 @@ from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
 from rlreason.models.logprobs import completion_hidden
 from rlreason.models.store import run_settings_only
-from rlreason.models.transformer import unembed
+from rlreason.models.transformer import Layout, laid_out, unembed
 from rlreason.parallel.distributed import initialize
 from rlreason.parallel.host_data import process_rows
+from rlreason.parallel.rules import model_layout
 from rlreason.rl.step import TrainState
 from rlreason.sampling.sampler import SamplingParams, generate_groups
 from rlreason.tokenizers import Tokenizer
@@ -56,8 +57,10 @@ def completion_logits(params, roll, cfg: ModelConfig) -> jax.Array:
 
 
 def make_distill_step(student_cfg: ModelConfig, teacher_cfg: ModelConfig, cfg: Config, tokenizer: Tokenizer,
-                      optimizer: optax.GradientTransformation, learning_rate_fn, state_sharding=None):
-    """The compiled step: (state, teacher params, prompt batch) -> (state, metrics) (the module docstring)."""
+                      optimizer: optax.GradientTransformation, learning_rate_fn, state_sharding=None,
+                      arrays: Layout = Layout()):
+    """The compiled step: (state, teacher params, prompt batch) -> (state, metrics) (the module docstring).
+    `arrays`: how the forward passes lay out their activations (rlreason.parallel.rules.model_layout)."""
     sampling = SamplingParams.from_config(cfg.sampling)
 
     def step(state: TrainState, teacher_params, batch: dict):
@@ -82,7 +85,7 @@ def make_distill_step(student_cfg: ModelConfig, teacher_cfg: ModelConfig, cfg: C
                    "nonfinite_updates": skipped}
         return new_state.replace(rng=rng), metrics
 
-    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None))
+    return jax.jit(laid_out(step, arrays), donate_argnums=0, out_shardings=(state_sharding, None))
 
 
 def check_same_tokenizer(student: Tokenizer, teacher: Tokenizer, teacher_path: str) -> None:
@@ -117,7 +120,8 @@ def distill(cfg: Config, show_progress: bool = True):
         optimizer, schedule = make_optimizer(cfg.distill.optim, cfg.train.steps)
         layout = state_layout(model_cfg, optimizer, mesh, rules)
         state, start = start_state(cfg, model_cfg, optimizer, layout, checkpoints, batches)
-        step = make_distill_step(model_cfg, teacher_cfg, cfg, tokenizer, optimizer, schedule, layout)
+        step = make_distill_step(model_cfg, teacher_cfg, cfg, tokenizer, optimizer, schedule, layout,
+                                 model_layout(mesh, rules))
         run = UpdateRun(cfg, model_cfg, tokenizer, mesh, rules, batches,
                         lambda state, batch: step(state, teacher_params, batch), "completion_tokens", "distill",
                         prompts.skipped_rows)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -53,7 +54,7 @@ from jax.sharding import Mesh
 
 from rlreason.config import EVAL_METRIC_PREFIX, Config, ModelConfig, RewardConfig
 from rlreason.data.eval_sets import EvalSet, load_eval_sets
-from rlreason.models.transformer import layout
+from rlreason.models.transformer import laid_out
 from rlreason.parallel.host_data import gather_rows, global_batch, process_rows
 from rlreason.parallel.rules import Rules, batch_shards, model_layout
 from rlreason.progress import progress_bar
@@ -177,13 +178,12 @@ class Evaluator:
             """batch: prompt_tokens, prompt_mask int32 [P, Tp], gold_bytes uint8 [P, Lg], problem int32 [P]."""
             seed_key = jax.random.key(cfg.train.seed)
             prompt_keys = jax.vmap(jax.random.fold_in, (None, 0))(seed_key, batch["problem"])
-            with layout(arrays):
-                roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
-                                       sampling, k, tokenizer.stop_ids, tokenizer.pad_id, tools)
+            roll = generate_groups(params, batch["prompt_tokens"], batch["prompt_mask"], prompt_keys, model_cfg,
+                                   sampling, k, tokenizer.stop_ids, tokenizer.pad_id, tools)
             # Rows [P * k] stay where their prompts were, split as the scorer splits them.
             return arrays.rows((roll, jnp.repeat(batch["gold_bytes"], k, axis=0)))
 
-        self.sample = jax.jit(sample)  # compiled once: every call has the same shapes and shardings
+        self.sample = jax.jit(laid_out(sample, arrays))  # compiled once: every call has the same shapes and shardings
         self.prm_scores = prm_scoring(cfg.eval.prm, tokenizer, mesh, rules) if cfg.eval.prm else None
         grpo = cfg.grpo
         self._scorers = {}
@@ -295,11 +295,15 @@ def cut_results(run_dir: epath.Path, step: int) -> None:
 
 def prm_scoring(directory: str, tokenizer: Tokenizer, mesh: Mesh, rules: Rules):
     """The compiled PRM score of sampled rows (`rlreason.search.prm.completion_scores`) of the `rlreason prm`
-    folder `directory`, its params on the mesh. Raises ConfigError when its tokenizer is not the policy's."""
+    folder `directory`, its params on the mesh: (prompt_tokens, prompt_mask, tokens, completion_mask) -> [B].
+    Raises ConfigError when its tokenizer is not the policy's."""
     prm = load_prm(directory, mesh, rules)
     check_same_tokenizer(prm, tokenizer, "eval.prm", directory)
     table = jnp.asarray(delimiter_table(tokenizer, prm.delimiter))
-    return jax.jit(lambda *rows: completion_scores(prm.params, prm.head, prm.cfg, table, *rows))
+    # The params are arguments, not constants of the program, so that they stay split over the mesh.
+    scores = jax.jit(laid_out(lambda params, head, *rows: completion_scores(params, head, prm.cfg, table, *rows),
+                              model_layout(mesh, rules)))
+    return functools.partial(scores, prm.params, prm.head)
 
 
 def build_evaluator(cfg: Config, model_cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh, rules: Rules) -> Evaluator:

@@ -21,9 +21,10 @@ from rlreason.config import Config, ModelConfig
 from rlreason.data.pipeline import row_batches
 from rlreason.data.sft import SFT_ROW_KEYS, load_sft_rows
 from rlreason.models.logprobs import hidden_token_stats
-from rlreason.models.transformer import forward_hidden
+from rlreason.models.transformer import Layout, forward_hidden, laid_out
 from rlreason.parallel.distributed import initialize, is_main_process
 from rlreason.parallel.host_data import process_rows
+from rlreason.parallel.rules import model_layout
 from rlreason.rl.step import TrainState
 from rlreason.train.loop import run_frame
 from rlreason.train.optim import make_optimizer
@@ -43,9 +44,10 @@ def response_nll(params, batch: dict, model_cfg: ModelConfig) -> tuple[jax.Array
 
 
 def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, learning_rate_fn,
-                  state_sharding=None):
+                  state_sharding=None, arrays: Layout = Layout()):
     """The compiled update: (state, batch) -> (state, metrics). Metrics: loss (mean NLL per response token),
-    grad_norm, response_tokens, learning_rate, nonfinite_updates (1 when the update was skipped)."""
+    grad_norm, response_tokens, learning_rate, nonfinite_updates (1 when the update was skipped). `arrays`: how
+    the forward pass lays out its activations (rlreason.parallel.rules.model_layout of the run's mesh)."""
 
     def mean_nll(params, batch):
         total, count = response_nll(params, batch, model_cfg)
@@ -57,7 +59,7 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
         return new_state, {"loss": loss, "grad_norm": grad_norm, "response_tokens": count,
                            "learning_rate": learning_rate_fn(state.step), "nonfinite_updates": skipped}
 
-    return jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None))
+    return jax.jit(laid_out(step, arrays), donate_argnums=0, out_shardings=(state_sharding, None))
 
 
 def sft(cfg: Config, show_progress: bool = True):
@@ -76,7 +78,7 @@ def sft(cfg: Config, show_progress: bool = True):
         if is_main_process():
             print(f"sft: {rows.num_examples} examples in {len(rows)} rows of {cfg.sft.seq_len} tokens "
                   f"({rows.loss_mask.sum() / rows.tokens.size:.0%} of the tokens are trained on)")
-        run = UpdateRun(cfg, model_cfg, tokenizer, mesh, rules, batches,
-                        make_sft_step(model_cfg, optimizer, schedule, layout), "response_tokens", "sft",
+        step = make_sft_step(model_cfg, optimizer, schedule, layout, model_layout(mesh, rules))
+        run = UpdateRun(cfg, model_cfg, tokenizer, mesh, rules, batches, step, "response_tokens", "sft",
                         rows.skipped_rows)
         return run_updates(run, state, start, checkpoints, stop_signals, show_progress)
