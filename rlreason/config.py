@@ -70,7 +70,8 @@ class ModelConfig:
     remat: bool = False  # recompute layer activations in the backward pass to save memory
     remat_policy: Literal["nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable"] = "nothing_saveable"
     # Completion positions whose [rows, positions, vocab] logits exist at once when log-probs and entropies are
-    # taken (update, reference pass); the backward pass recomputes each chunk. 0: the whole completion at once.
+    # taken (update, reference pass) or a distillation step's KL; the backward pass recomputes each chunk. 0: the
+    # whole completion at once.
     logprob_chunk_size: int = 0
     # einsum: the portable path; xla / cudnn: jax.nn.dot_product_attention with that implementation (cudnn is
     # flash attention on NVIDIA GPUs). Not with attn_logit_softcap, which dot_product_attention cannot apply.

@@ -7,6 +7,9 @@ top-k / top-p truncation, so that what the sampler reports equals what a full fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -31,40 +34,39 @@ def entropy_of(logits: jax.Array, temperature: float) -> jax.Array:
     return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
 
-def _token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig, temperature: float,
-                 with_entropy: bool):
-    """(log-probs, entropies or None) [B, C] of `tokens` [B, C] from the hidden states [B, C, E] before them."""
-    logits = unembed(params, hidden, cfg)
-    return logprobs_of(logits, tokens, temperature), (entropy_of(logits, temperature) if with_entropy else None)
+def per_position(function: Callable, chunk: int, *inputs: jax.Array) -> Any:
+    """function(*inputs), where each input leads with [B, C] positions and function maps positions to a tree of
+    per-position results [B, C] independently of one another (e.g. a token's log-prob from its hidden state).
 
-
-def _chunked_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig,
-                         temperature: float, with_entropy: bool, chunk: int):
-    """_token_stats over chunks of `chunk` positions, one chunk's logits alive at a time: the scan body is
-    rematerialised, so the backward pass recomputes a chunk's logits instead of keeping all of them."""
-    rows, length = tokens.shape
+    With 0 < `chunk` < C it runs over chunks of `chunk` positions, one chunk's intermediates alive at a time: the
+    scan body is rematerialised, so the backward pass recomputes a chunk's [B, chunk, V] logits instead of
+    keeping [B, C, V] of them."""
+    rows, length = inputs[0].shape[:2]
+    if not 0 < chunk < length:
+        return function(*inputs)
     padded = -(-length // chunk) * chunk
-    hidden = jnp.pad(hidden, ((0, 0), (0, padded - length), (0, 0)))
-    tokens = jnp.pad(tokens, ((0, 0), (0, padded - length)))
-    by_chunk = lambda x: jnp.moveaxis(x.reshape(rows, padded // chunk, chunk, *x.shape[2:]), 1, 0)  # noqa: E731
+
+    def by_chunk(x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, ((0, 0), (0, padded - length)) + ((0, 0),) * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(rows, padded // chunk, chunk, *x.shape[2:]), 1, 0)
 
     @jax.checkpoint
     def one_chunk(_, chunk_inputs):
-        return None, _token_stats(params, *chunk_inputs, cfg, temperature, with_entropy)
+        return None, function(*chunk_inputs)
 
-    _, stats = jax.lax.scan(one_chunk, None, (by_chunk(hidden), by_chunk(tokens)))
-    unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, padded)[:, :length]  # noqa: E731
-    return jax.tree.map(unchunk, stats)
+    _, results = jax.lax.scan(one_chunk, None, tuple(by_chunk(x) for x in inputs))
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, padded)[:, :length], results)
 
 
 def hidden_token_stats(params: Params, hidden: jax.Array, tokens: jax.Array, cfg: ModelConfig, temperature: float,
                        with_entropy: bool = False):
     """(log-probs, entropies or None) [B, C] of `tokens` [B, C], each predicted by the hidden state [B, C, E]
-    before it; with `cfg.logprob_chunk_size` > 0 the [B, C, V] logits never exist at once."""
-    chunk = cfg.logprob_chunk_size
-    if 0 < chunk < tokens.shape[1]:
-        return _chunked_token_stats(params, hidden, tokens, cfg, temperature, with_entropy, chunk)
-    return _token_stats(params, hidden, tokens, cfg, temperature, with_entropy)
+    before it; with `cfg.logprob_chunk_size` > 0 the [B, C, V] logits never exist at once (`per_position`)."""
+    def token_stats(hidden: jax.Array, tokens: jax.Array):
+        logits = unembed(params, hidden, cfg)
+        return logprobs_of(logits, tokens, temperature), (entropy_of(logits, temperature) if with_entropy else None)
+
+    return per_position(token_stats, cfg.logprob_chunk_size, hidden, tokens)
 
 
 def completion_hidden(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -118,7 +120,7 @@ def completion_logprobs(params: Params, prompt_tokens: jax.Array, prompt_mask: j
     """Log-probs of completion tokens after their prompts (arguments as `completion_hidden`).
 
     Returns logprobs [B, Tc] float32 (and entropies [B, Tc] if `with_entropy`). With `cfg.logprob_chunk_size`
-    > 0 the [B, Tc, V] logits never exist at once (see _chunked_token_stats).
+    > 0 the [B, Tc, V] logits never exist at once (see `per_position`).
     """
     hidden = completion_hidden(params, prompt_tokens, prompt_mask, completion_tokens, cfg, rows_per_prompt)
     logprobs, entropy = hidden_token_stats(params, hidden, completion_tokens, cfg, temperature, with_entropy)

@@ -11,8 +11,9 @@ Step, for a batch of P task prompts (train.batch_size), G = distill.num_generati
 Teacher and student may differ in architecture but must share the tokenizer (checked). The run around the step
 (checkpoints, resume, evaluations, metrics, model/) is rlreason.train.update_loop's. Metrics: loss (the
 reverse KL per token), completion_tokens, completion_length, teacher_logprob (mean log p_t of the student's
-tokens), grad_norm, learning_rate, nonfinite_updates. Both models' [rows, completion_length, vocab] logits are
-materialized: fine for the models of this machine, not chunked for large vocabularies.
+tokens), grad_norm, learning_rate, nonfinite_updates. With model.logprob_chunk_size > 0 the two models' logits
+are computed that many completion positions at a time (rlreason.models.logprobs.per_position), so that neither
+model's [rows, completion_length, vocab] logits exist at once; 0 computes them whole.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import optax
 from rlreason.config import Config, ConfigError, ModelConfig
 from rlreason.data.encoding import load_prompts
 from rlreason.data.pipeline import prompt_batches
-from rlreason.models.logprobs import completion_hidden
+from rlreason.models.logprobs import completion_hidden, logprobs_of, per_position
 from rlreason.models.store import run_settings_only
 from rlreason.models.transformer import Layout, laid_out, unembed
 from rlreason.parallel.distributed import initialize
@@ -42,18 +43,16 @@ from rlreason.train.update_loop import (UpdateRun, apply_update, checked_policy,
                                         state_layout)
 
 
-def reverse_kl(student_logits: jax.Array, teacher_logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum over the masked positions of KL(softmax(student) || softmax(teacher)), their count).
-    logits: [B, T, V] float32; mask: [B, T]."""
+def token_reverse_kl(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+    """KL(softmax(student) || softmax(teacher)) over the last axis: logits [..., V] float32 -> [...]."""
     student = jax.nn.log_softmax(student_logits, axis=-1)
     teacher = jax.nn.log_softmax(teacher_logits, axis=-1)
-    per_token = jnp.sum(jnp.exp(student) * (student - teacher), axis=-1)
-    return jnp.sum(per_token * mask), jnp.sum(mask)
+    return jnp.sum(jnp.exp(student) * (student - teacher), axis=-1)
 
 
-def completion_logits(params, roll, cfg: ModelConfig) -> jax.Array:
-    """Logits [B, Tc, V] at each completion position of a rollout."""
-    return unembed(params, completion_hidden(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, cfg), cfg)
+def rollout_hidden(params, roll, cfg: ModelConfig) -> jax.Array:
+    """The hidden states [B, Tc, E] that predict each completion token of a rollout."""
+    return completion_hidden(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, cfg)
 
 
 def make_distill_step(student_cfg: ModelConfig, teacher_cfg: ModelConfig, cfg: Config, tokenizer: Tokenizer,
@@ -69,16 +68,23 @@ def make_distill_step(student_cfg: ModelConfig, teacher_cfg: ModelConfig, cfg: C
             state.params, batch["prompt_tokens"], batch["prompt_mask"], sample_rng, student_cfg, sampling,
             cfg.distill.num_generations, tokenizer.stop_ids, tokenizer.pad_id))
         mask = roll.completion_mask.astype(jnp.float32)
-        teacher_logits = jax.lax.stop_gradient(completion_logits(teacher_params, roll, teacher_cfg))
+        count = jnp.sum(mask)
+        teacher_hidden = jax.lax.stop_gradient(rollout_hidden(teacher_params, roll, teacher_cfg))
 
         def mean_kl(params):
-            total, count = reverse_kl(completion_logits(params, roll, student_cfg), teacher_logits, mask)
-            return total / jnp.maximum(count, 1.0), count
+            def per_token(student_hidden, teacher_hidden, tokens):
+                """(KL(student || teacher), log p_teacher(token)) at each position."""
+                teacher_logits = unembed(teacher_params, teacher_hidden, teacher_cfg)
+                teacher_logprob = logprobs_of(teacher_logits, tokens, temperature=1.0)
+                return token_reverse_kl(unembed(params, student_hidden, student_cfg), teacher_logits), teacher_logprob
 
-        (loss, count), grads = jax.value_and_grad(mean_kl, has_aux=True)(state.params)
+            kl, teacher_logprobs = per_position(per_token, student_cfg.logprob_chunk_size,
+                                                rollout_hidden(params, roll, student_cfg), teacher_hidden,
+                                                roll.tokens)
+            return jnp.sum(kl * mask) / jnp.maximum(count, 1.0), jax.lax.stop_gradient(teacher_logprobs)
+
+        (loss, teacher_logprobs), grads = jax.value_and_grad(mean_kl, has_aux=True)(state.params)
         new_state, grad_norm, skipped = apply_update(state, grads, loss, optimizer)
-        teacher_logprobs = jnp.take_along_axis(jax.nn.log_softmax(teacher_logits, axis=-1), roll.tokens[..., None],
-                                               axis=-1)[..., 0]
         metrics = {"loss": loss, "completion_tokens": count, "completion_length": jnp.mean(jnp.sum(mask, axis=1)),
                    "teacher_logprob": jnp.sum(teacher_logprobs * mask) / jnp.maximum(count, 1.0),
                    "grad_norm": grad_norm, "learning_rate": learning_rate_fn(state.step),
