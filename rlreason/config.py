@@ -74,8 +74,10 @@ class ModelConfig:
     # whole completion at once.
     logprob_chunk_size: int = 0
     # einsum: the portable path; xla / cudnn: jax.nn.dot_product_attention with that implementation (cudnn is
-    # flash attention on NVIDIA GPUs). Not with attn_logit_softcap, which dot_product_attention cannot apply.
-    attention: Literal["einsum", "xla", "cudnn"] = "einsum"
+    # flash attention on NVIDIA GPUs), not with attn_logit_softcap, which dot_product_attention cannot apply;
+    # splash: the Pallas splash (flash) attention kernel of TPUs (rlreason.models.splash; interpreted, slowly,
+    # elsewhere), not with sliding windows. Decoding against the KV cache always takes the einsum path.
+    attention: Literal["einsum", "xla", "cudnn", "splash"] = "einsum"
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -83,9 +85,12 @@ class ModelConfig:
                  f"must be <= num_heads ({self.num_heads}), got {self.num_kv_heads}")
         _require(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads",
                  f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
-        _require(self.attention == "einsum" or self.attn_logit_softcap == 0, f"{path}.attention",
-                 f"must be 'einsum' for a model with attention logit soft-capping (attn_logit_softcap="
+        _require(self.attention in ("einsum", "splash") or self.attn_logit_softcap == 0, f"{path}.attention",
+                 f"must be 'einsum' or 'splash' for a model with attention logit soft-capping (attn_logit_softcap="
                  f"{self.attn_logit_softcap}), got {self.attention!r}")
+        _require(self.attention != "splash" or self.sliding_window == 0, f"{path}.attention",
+                 f"must not be 'splash' for a model with sliding-window layers (sliding_window="
+                 f"{self.sliding_window}): the splash kernel's mask is causal over the whole sequence; use 'einsum'")
         _require(self.logprob_chunk_size >= 0, f"{path}.logprob_chunk_size",
                  f"must be >= 0 (0: no chunks), got {self.logprob_chunk_size}")
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",

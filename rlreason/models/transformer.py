@@ -33,6 +33,7 @@ import numpy as np
 
 from rlreason.config import ModelConfig
 from rlreason.models.quantize import QuantizedWeight, dense
+from rlreason.models.splash import splash_causal_attention
 
 Params = dict[str, Any]
 
@@ -60,10 +61,14 @@ class Layout(NamedTuple):
       otherwise be free to gather rows instead of weights).
     gathered: (weight, its logical axes) -> the weight as a row-split computation uses it (the embedding table,
       whose lookup the compiler would otherwise do for every device's rows on each device's slice of the table).
+    sharded: (function, the logical axes of each argument, those of its result; None for an axis kept whole) ->
+      the function run on each device's block of its arguments (jax.shard_map), for a kernel the compiler cannot
+      split (the splash attention kernel, rlreason.models.splash).
     """
 
     rows: Callable[[Any], Any] = lambda x: x
     gathered: Callable[[jax.Array, tuple[str, ...]], jax.Array] = lambda weight, axes: weight
+    sharded: Callable[[Callable, tuple, tuple], Callable] = lambda function, in_axes, out_axes: function
 
 
 _LAYOUT: contextvars.ContextVar[Layout] = contextvars.ContextVar("layout", default=Layout())
@@ -321,8 +326,10 @@ def project(layer: Params, name: str, x: jax.Array, dtype) -> jax.Array:
 
 
 def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-               layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int):
-    """Grouped-query attention. x: [B, T, E]; mask: [B, T, S] (see attention_mask).
+               layer_cache: tuple[jax.Array, jax.Array] | None, cache_index: jax.Array | int,
+               segments: jax.Array | None = None):
+    """Grouped-query attention. x: [B, T, E]; mask: [B, T, S] (see attention_mask); segments: [B, T] int32, the
+    same mask told as segments for the splash kernel (a causal one without windows; 0 for padding).
 
     Without `layer_cache` the queries attend to the T new tokens (S = T). With it (this layer's cached keys
     [B, K, D, S] and values [B, K, S, D]) the new keys and values are first written at slot `cache_index` and the
@@ -346,6 +353,10 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
     batch, length, heads, head_dim = queries.shape
     scale = (cfg.query_pre_attn_scalar or head_dim) ** -0.5
     if layer_cache is None:
+        if cfg.attention == "splash":
+            attended = splash_causal_attention(queries * jnp.asarray(scale, dtype), keys, values, segments,
+                                               cfg.attn_logit_softcap, _LAYOUT.get().sharded)
+            return project(layer, "o_proj", attended, dtype), keys, values, None
         if cfg.attention != "einsum":
             attended = jax.nn.dot_product_attention(queries, keys, values, mask=mask[:, None], scale=scale,
                                                     implementation=cfg.attention)
@@ -385,12 +396,12 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,
-           layer_cache, cache_index):
-    """One pre-norm transformer block (with Gemma 2's extra post-norms when configured).
+           layer_cache, cache_index, segments: jax.Array | None):
+    """One pre-norm transformer block (with Gemma 2's extra post-norms when configured); arguments as _attention.
 
     Returns (x [B, T, E], the new tokens' keys and values [B, T, K, D], the updated layer cache or None)."""
     attended, new_keys, new_values, layer_cache = _attention(
-        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, layer_cache, cache_index)
+        layer, rms_norm(x, layer["attn_norm"], cfg), positions, mask, cfg, layer_cache, cache_index, segments)
     if cfg.post_norms:
         attended = rms_norm(attended, layer["post_attn_norm"], cfg)
     x = x + attended
@@ -503,12 +514,16 @@ def forward_hidden(params: Params, tokens: jax.Array, positions: jax.Array, key_
     query_slots = cache_index + jnp.arange(length)
     visible = key_valid if decode else key_valid[:, :length]
     same_segment = None if segment_ids is None else segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+    # The splash kernel takes the padding and the packed rows' segments as segment ids instead of a mask.
+    segments = (jnp.where(visible, 1 if segment_ids is None else segment_ids, 0).astype(jnp.int32)
+                if cfg.attention == "splash" and not decode else None)
 
     def block(x, layer, window, layer_cache):
         mask = attention_mask(query_slots, visible, window)
         if same_segment is not None:
             mask &= same_segment
-        x, new_keys, new_values, layer_cache = _block(layer, x, positions, mask, cfg, layer_cache, cache_index)
+        x, new_keys, new_values, layer_cache = _block(layer, x, positions, mask, cfg, layer_cache, cache_index,
+                                                      segments)
         return rows(x), new_keys, new_values, layer_cache
 
     if cfg.remat:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import optax
@@ -70,13 +70,15 @@ def axis_rules(mesh_cfg: MeshConfig) -> Rules:
     return types.MappingProxyType({**AXIS_RULES, **{rule.logical: rule.mesh_axes for rule in mesh_cfg.rules}})
 
 
-def partition_spec(axes: Sequence[str], shape: Sequence[int], mesh: Mesh, rules: Rules = AXIS_RULES) -> PartitionSpec:
-    """The PartitionSpec of an array with logical `axes` and `shape` (see the module doc for dropped axes)."""
+def partition_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                   rules: Rules = AXIS_RULES) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes` and `shape` (see the module doc for dropped axes); an
+    axis named None is kept whole."""
     used: set[str] = set()
     entries = []
     for axis, size in zip(axes, shape, strict=True):
         kept = []
-        for mesh_axis in rules[axis]:
+        for mesh_axis in rules[axis] if axis is not None else ():
             split = math.prod(mesh.shape[name] for name in kept) * mesh.shape[mesh_axis]
             if mesh_axis not in used and size % split == 0:
                 kept.append(mesh_axis)
@@ -135,11 +137,21 @@ def model_layout(mesh: Mesh, rules: Rules = AXIS_RULES) -> Layout:
     over the mesh axes that do not split rows (tensor) and is gathered over those that do (fsdp)."""
     compute_rules = {logical: tuple(axis for axis in axes if axis not in rules["batch"])
                      for logical, axes in rules.items()}
+
+    def sharded(function: Callable, in_axes: tuple, out_axes: tuple) -> Callable:
+        def on_each_device(*args):
+            out_shape = jax.eval_shape(function, *args).shape  # a block-wise function: global in, global out
+            in_specs = tuple(partition_spec(axes, arg.shape, mesh, rules) for axes, arg in zip(in_axes, args))
+            return jax.shard_map(function, mesh=mesh, in_specs=in_specs,
+                                 out_specs=partition_spec(out_axes, out_shape, mesh, rules), check_vma=False)(*args)
+        return on_each_device
+
     return Layout(
         rows=lambda tree: jax.tree.map(
             lambda leaf: jax.lax.with_sharding_constraint(leaf, rows_sharding(mesh, leaf.shape, rules)), tree),
         gathered=lambda weight, axes: jax.lax.with_sharding_constraint(
-            weight, named_sharding(axes, weight.shape, mesh, compute_rules)))
+            weight, named_sharding(axes, weight.shape, mesh, compute_rules)),
+        sharded=sharded)
 
 
 def cache_sharding(model_cfg: ModelConfig, mesh: Mesh, batch_size: int, max_length: int,
