@@ -18,7 +18,7 @@ from rlreason.config import ModelConfig
 from rlreason.data.encoding import left_pad
 from rlreason.models.transformer import Layout, laid_out
 from rlreason.parallel.rules import model_layout, rows_sharding
-from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 
 
 @functools.cache
@@ -33,6 +33,17 @@ def compiled_sampler(mesh: Mesh | None):
 class Continuation(NamedTuple):
     ids: list[int]  # the sampled tokens, up to and including the stop token that ended them (if one did)
     logprobs: np.ndarray  # [len(ids)] float32: their log-probs under softmax(logits / temperature)
+
+
+def sample_rows(params, cfg: ModelConfig, prompt_tokens, prompt_mask, keys: jax.Array, sampling: SamplingParams,
+                group_size: int, stop_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None = None) -> Rollout:
+    """generate_groups of left-padded prompt rows [R, W] (numpy or jax) by the compiled sampler, with a key per
+    row (`keys` [R]); on `mesh` the rows are split over its batch axes first (params placed by the caller)."""
+    if mesh is not None:
+        prompt_tokens, prompt_mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape))
+                                            for array in (prompt_tokens, prompt_mask, keys))
+    return compiled_sampler(mesh)(params, prompt_tokens, prompt_mask, keys, cfg, sampling, group_size,
+                                  tuple(stop_ids), pad_id)
 
 
 def padded_rows(sequences: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,10 +62,7 @@ def continue_sequences(params, cfg: ModelConfig, sequences: list[list[int]], wid
     `mesh`: the rows are split over its batch axes (params placed by the caller); None: wherever they are.
     """
     tokens, mask = padded_rows(sequences, width, pad_id)
-    if mesh is not None:
-        tokens, mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape)) for array in (tokens, mask, keys))
-    rollout = compiled_sampler(mesh)(params, tokens, mask, keys, cfg, sampling, group_size, tuple(stop_ids),
-                                     pad_id)
+    rollout = sample_rows(params, cfg, tokens, mask, keys, sampling, group_size, stop_ids, pad_id, mesh)
     new_tokens, logprobs = np.asarray(rollout.tokens), np.asarray(rollout.logprobs)
     new_mask = np.asarray(rollout.completion_mask).astype(bool)
     return [Continuation(new_tokens[row][new_mask[row]].tolist(), logprobs[row][new_mask[row]])

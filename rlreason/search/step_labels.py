@@ -15,9 +15,11 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig
-from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.sampler import SamplingParams
+from rlreason.search.continuation import sample_rows
 from rlreason.search.steps import Steps, split_steps
 from rlreason.tokenizers import Tokenizer
 from rlreason.verifiers.bridge import detokenize
@@ -66,9 +68,11 @@ def label_steps(continuation_verified: jax.Array, step_count: jax.Array, complet
 def monte_carlo_step_labels(params, cfg: ModelConfig, tokenizer: Tokenizer, prompt_tokens: np.ndarray,
                             prompt_mask: np.ndarray, completion: np.ndarray, completion_mask: np.ndarray,
                             is_delimiter: np.ndarray, verify: Callable[[int, str], bool], max_steps: int,
-                            num_rollouts: int, sampling: SamplingParams, rng: jax.Array) -> tuple[Steps, StepLabels]:
+                            num_rollouts: int, sampling: SamplingParams, rng: jax.Array,
+                            mesh: Mesh | None = None) -> tuple[Steps, StepLabels]:
     """Labels every step of completions [B, T] by `num_rollouts` continuations of its prefix, drawn in one batch
-    by the compiled sampler (a key per prefix, so a prefix's continuations do not depend on the batch).
+    by the compiled sampler (a key per prefix, so a prefix's continuations do not depend on the batch), its rows
+    split over `mesh` when one is given (params placed by the caller).
 
     `verify(b, text)` says whether `text`, a whole completion of prompt b (its first steps and a continuation,
     decoded together from their token ids), is right. Steps past `max_steps` are not labelled.
@@ -76,8 +80,8 @@ def monte_carlo_step_labels(params, cfg: ModelConfig, tokenizer: Tokenizer, prom
     steps = split_steps(jnp.asarray(completion), jnp.asarray(completion_mask), jnp.asarray(is_delimiter))
     tokens, mask = step_prefixes(prompt_tokens, prompt_mask, completion, steps, max_steps)
     keys = jax.random.split(rng, tokens.shape[0])
-    rollouts = generate_groups(params, tokens, mask, keys, cfg, sampling, num_rollouts, tokenizer.stop_ids,
-                               tokenizer.pad_id)
+    rollouts = sample_rows(params, cfg, tokens, mask, keys, sampling, num_rollouts, tokenizer.stop_ids,
+                           tokenizer.pad_id, mesh)
     step_of = np.asarray(steps.step_of)
     continuations, continuation_mask = np.asarray(rollouts.tokens), np.asarray(rollouts.completion_mask).astype(bool)
     batch = completion.shape[0]

@@ -16,28 +16,32 @@ Writes to OUT:
                   steps (texts), soft and hard labels of its labelled steps
   summary.json    counts, the mean soft label, and the held-out loss and step accuracy before and after training
 rlreason.search.prm reads the PRM back (`load_prm`) and scores with it: step-level search (`prm_scorer`) and
-evaluation samples (`eval.prm`, `completion_scores`). The command runs on one process, on the default device.
+evaluation samples (`eval.prm`, `completion_scores`). The command runs on one process, its rows split over the
+config's mesh (every local device by default).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from rlreason.config import Config, ModelConfig
 from rlreason.data.encoding import load_prompts
 from rlreason.models.store import save_model
+from rlreason.models.transformer import laid_out
 from rlreason.parallel.distributed import initialize
 from rlreason.parallel.mesh import make_mesh
-from rlreason.parallel.rules import axis_rules
+from rlreason.parallel.rules import Rules, axis_rules, model_layout, rows_sharding
 from rlreason.progress import progress_bar
-from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.sampler import SamplingParams
+from rlreason.search.continuation import sample_rows
 from rlreason.search.prm import PRM_HEAD_FILE, PRM_SETTINGS_FILE, init_head, prm_loss, step_logits
 from rlreason.search.step_labels import monte_carlo_step_labels
 from rlreason.search.steps import delimiter_table
@@ -68,10 +72,38 @@ class PRMRows(NamedTuple):
         return PRMRows(*(field[rows] for field in self))
 
 
-def prm_evaluation(params, head: dict, rows: PRMRows, cfg: ModelConfig) -> dict[str, float]:
+class PRMPrograms(NamedTuple):
+    """The PRM's programs, compiled for the command's mesh: rows split over its batch axes, each device running
+    its own rows through the model (rlreason.parallel.rules.model_layout)."""
+
+    logits: Callable  # (trained {"model", "head"}, PRMRows on the mesh) -> step logits [B, L]
+    update: Callable  # (trained, optimizer state, PRMRows on the mesh) -> (trained, optimizer state, loss)
+    place: Callable  # PRMRows (numpy) -> the same rows on the mesh
+
+
+def prm_programs(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                 rules: Rules) -> PRMPrograms:
+    arrays = model_layout(mesh, rules)
+
+    def logits(trained, batch: PRMRows) -> jax.Array:
+        return step_logits(trained["model"], trained["head"], batch.tokens, batch.mask, model_cfg)
+
+    def update(trained, opt_state, batch: PRMRows):
+        loss, grads = jax.value_and_grad(
+            lambda trained: prm_loss(logits(trained, batch), batch.step_end, batch.step_of, batch.soft))(trained)
+        updates, opt_state = optimizer.update(grads, opt_state, trained)
+        return optax.apply_updates(trained, updates), opt_state, loss
+
+    def place(rows: PRMRows) -> PRMRows:
+        return jax.tree.map(lambda field: jax.device_put(field, rows_sharding(mesh, field.shape, rules)), rows)
+
+    return PRMPrograms(jax.jit(laid_out(logits, arrays)), jax.jit(laid_out(update, arrays)), place)
+
+
+def prm_evaluation(programs: PRMPrograms, trained, rows: PRMRows) -> dict[str, float]:
     """The PRM's loss on `rows` and its step accuracy: how often sigmoid(logit) > 0.5 at a labelled step's end
     agrees with the step's hard label (some continuation verified)."""
-    logits = np.asarray(step_logits(params, head, jnp.asarray(rows.tokens), jnp.asarray(rows.mask), cfg))
+    logits = np.asarray(programs.logits(trained, programs.place(rows)))
     loss = float(prm_loss(jnp.asarray(logits), jnp.asarray(rows.step_end), jnp.asarray(rows.step_of),
                           jnp.asarray(rows.soft)))
     labelled = rows.step_end & (rows.step_of >= 0)
@@ -83,18 +115,18 @@ def prm_evaluation(params, head: dict, rows: PRMRows, cfg: ModelConfig) -> dict[
             "labelled_steps": int(known.sum())}
 
 
-def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tokenizer, show_progress: bool):
-    """(the PRMRows of every sampled completion, their labels.jsonl rows without `heldout`)."""
+def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh,
+                     show_progress: bool):
+    """(the PRMRows of every sampled completion, their labels.jsonl rows without `heldout`), sampled with the
+    rows split over `mesh` (params on it)."""
     settings = cfg.prm
     prompts = load_prompts(cfg.task, "train", settings.num_prompts, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
     sampling = SamplingParams.from_config(cfg.sampling, temperature=settings.temperature)
     rng = jax.random.key(cfg.train.seed)
-    sample = jax.jit(generate_groups, static_argnames=("cfg", "sampling", "group_size", "stop_ids", "pad_id"))
-    roll = jax.device_get(sample(params, prompts.prompt_tokens, prompts.prompt_mask,
-                                 jax.random.split(jax.random.fold_in(rng, 0), len(prompts)), cfg=model_cfg,
-                                 sampling=sampling, group_size=settings.num_samples, stop_ids=tokenizer.stop_ids,
-                                 pad_id=tokenizer.pad_id))
+    roll = jax.device_get(sample_rows(params, model_cfg, prompts.prompt_tokens, prompts.prompt_mask,
+                                      jax.random.split(jax.random.fold_in(rng, 0), len(prompts)), sampling,
+                                      settings.num_samples, tokenizer.stop_ids, tokenizer.pad_id, mesh))
     reward = get_reward_fn(cfg.grpo.accuracy_reward)
     questions = [detokenize(tokenizer, tokens, mask) for tokens, mask in zip(prompts.prompt_tokens,
                                                                               prompts.prompt_mask)]
@@ -112,7 +144,7 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
         steps, labels = monte_carlo_step_labels(
             params, model_cfg, tokenizer, roll.prompt_tokens[part], roll.prompt_mask[part], roll.tokens[part],
             roll.completion_mask[part], table, verify, settings.max_steps, settings.num_rollouts, sampling,
-            jax.random.fold_in(rng, 1 + chunk // LABEL_CHUNK))
+            jax.random.fold_in(rng, 1 + chunk // LABEL_CHUNK), mesh)
         step_of, step_end = np.asarray(steps.step_of), np.asarray(steps.ends)
         prompt_width = roll.prompt_tokens.shape[1]
         rows.append(PRMRows(
@@ -134,23 +166,12 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
     return PRMRows(*(np.concatenate(field) for field in zip(*rows))), records
 
 
-def train_prm(params, rows: PRMRows, cfg: Config, model_cfg: ModelConfig, show_progress: bool):
-    """(the trained transformer, head, the last update's loss): `prm.steps` updates by prm.optim on minibatches of
-    `prm.batch_size` rows, each epoch in a fresh order drawn from train.seed."""
+def train_prm(programs: PRMPrograms, optimizer: optax.GradientTransformation, params, rows: PRMRows, cfg: Config,
+              model_cfg: ModelConfig, show_progress: bool):
+    """(the trained transformer, head, the last update's loss): `prm.steps` updates by `optimizer` (prm.optim) on
+    minibatches of `prm.batch_size` rows, each epoch in a fresh order drawn from train.seed."""
     settings = cfg.prm
-    optimizer, _ = make_optimizer(settings.optim, settings.steps)
     trained = {"model": params, "head": init_head(model_cfg)}
-
-    def loss_fn(trained, batch: PRMRows):
-        logits = step_logits(trained["model"], trained["head"], batch.tokens, batch.mask, model_cfg)
-        return prm_loss(logits, batch.step_end, batch.step_of, batch.soft)
-
-    @jax.jit
-    def update(trained, opt_state, batch: PRMRows):
-        loss, grads = jax.value_and_grad(loss_fn)(trained, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, trained)
-        return optax.apply_updates(trained, updates), opt_state, loss
-
     opt_state = optimizer.init(trained)
     order = np.random.default_rng(cfg.train.seed)
     size = min(settings.batch_size, len(rows.tokens))
@@ -160,22 +181,24 @@ def train_prm(params, rows: PRMRows, cfg: Config, model_cfg: ModelConfig, show_p
         if step % batches == 0:
             permutation = order.permutation(len(rows.tokens))
         picked = permutation[(step % batches) * size:(step % batches + 1) * size]
-        trained, opt_state, loss = update(trained, opt_state, jax.tree.map(jnp.asarray, rows.take(picked)))
+        trained, opt_state, loss = programs.update(trained, opt_state, programs.place(rows.take(picked)))
     return trained["model"], trained["head"], float(loss)
 
 
 def prm(cfg: Config, model: str, out_dir: str, show_progress: bool = True) -> dict:
     """Runs the command (module docstring); returns the summary it writes."""
     initialize(cfg.distributed)
-    mesh = make_mesh(cfg.mesh)
-    params, model_cfg, tokenizer, _ = evaluated_model(cfg, model, mesh, axis_rules(cfg.mesh))
-    rows, records = sample_and_label(cfg, params, model_cfg, tokenizer, show_progress)
+    mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
+    params, model_cfg, tokenizer, _ = evaluated_model(cfg, model, mesh, rules)
+    optimizer, _ = make_optimizer(cfg.prm.optim, cfg.prm.steps)
+    programs = prm_programs(model_cfg, optimizer, mesh, rules)
+    rows, records = sample_and_label(cfg, params, model_cfg, tokenizer, mesh, show_progress)
     problems = np.asarray([record["problem"] for record in records])
     heldout = problems > problems.max() - max(1, math.ceil(cfg.prm.heldout_fraction * (problems.max() + 1)))
     train_rows, heldout_rows = rows.take(np.flatnonzero(~heldout)), rows.take(np.flatnonzero(heldout))
-    before = prm_evaluation(params, init_head(model_cfg), heldout_rows, model_cfg)
-    trained, head, last_loss = train_prm(params, train_rows, cfg, model_cfg, show_progress)
-    after = prm_evaluation(trained, head, heldout_rows, model_cfg)
+    before = prm_evaluation(programs, {"model": params, "head": init_head(model_cfg)}, heldout_rows)
+    trained, head, last_loss = train_prm(programs, optimizer, params, train_rows, cfg, model_cfg, show_progress)
+    after = prm_evaluation(programs, {"model": trained, "head": head}, heldout_rows)
     labelled = np.isfinite(rows.soft)
     summary = {"completions": len(records), "train_completions": int((~heldout).sum()),
                "heldout_completions": int(heldout.sum()), "labelled_steps": int(labelled.sum()),

@@ -1,7 +1,8 @@
 """No device does another device's work in the mesh programs besides the GRPO step (whose update
 test_update_layout.py judges): the `rlreason sft` update, the `rlreason distill` step, the sampler of step-level
-search (beam search, MCTS and search rollouts) and evaluation's PRM scores each trace their forward passes under
-the model's activation layout (rlreason.parallel.rules.model_layout), so they gather weights, never rows.
+search (beam search, MCTS, search rollouts and PRM labels), evaluation's PRM scores and `rlreason prm`'s update
+each trace their forward passes under the model's activation layout (rlreason.parallel.rules.model_layout), so
+they gather weights, never rows.
 
 Judged from the compiled programs on 8 simulated CPU devices (tests/parallel/scripts/program_hlo.py). Each
 program carries 32 rows (8 prompts x 4 samples); row-carrying arrays then lead with 32, 16 or 8 rows, sizes no
@@ -16,7 +17,7 @@ import json
 import pytest
 
 MESHES = ["1x1x1", "8x1x1", "1x8x1", "2x2x2"]
-PROGRAMS = ["sft", "distill", "continuation", "prm_scores"]
+PROGRAMS = ["sft", "distill", "continuation", "prm_scores", "prm_update"]
 ROW_COUNTS = {32, 16, 8}
 
 

@@ -12,6 +12,7 @@ lays them out. Every program carries 32 rows (or 8 prompts of 4 rows each):
   distill       the `rlreason distill` step, the model as its own teacher, 8 prompts x 4 samples
   continuation  the sampler of step-level search (rlreason.search.continuation), 8 partial solutions x 4
   prm_scores    evaluation's PRM scores of 32 sampled rows (rlreason.train.evaluate.prm_scoring), zero head
+  prm_update    `rlreason prm`'s update of the PRM on 32 labelled rows (rlreason.train.prm.prm_programs)
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ from rlreason.data.sft import SFT_ROW_KEYS  # noqa: E402
 from rlreason.models.store import load_model_config, load_model_tokenizer  # noqa: E402
 from rlreason.models.transformer import init_params  # noqa: E402
 from rlreason.parallel.mesh import make_mesh  # noqa: E402
-from rlreason.parallel.rules import axis_rules, model_layout, rows_sharding  # noqa: E402
+from rlreason.parallel.rules import axis_rules, model_layout, param_shardings, rows_sharding  # noqa: E402
 from rlreason.rl.step import init_train_state  # noqa: E402
 from rlreason.sampling.sampler import SamplingParams  # noqa: E402
 from rlreason.search.continuation import compiled_sampler  # noqa: E402
-from rlreason.search.prm import PRM_HEAD_FILE, PRM_SETTINGS_FILE  # noqa: E402
+from rlreason.search.prm import PRM_HEAD_FILE, PRM_SETTINGS_FILE, init_head  # noqa: E402
 from rlreason.train.distill import make_distill_step  # noqa: E402
 from rlreason.train.evaluate import prm_scoring  # noqa: E402
 from rlreason.train.optim import make_optimizer  # noqa: E402
+from rlreason.train.prm import PRMRows, prm_programs  # noqa: E402
 from rlreason.train.sft import make_sft_step  # noqa: E402
 from rlreason.train.update_loop import state_layout  # noqa: E402
 
@@ -90,6 +92,12 @@ def compiled_programs(mesh_shape: str, prm_dir: Path) -> dict:
     keys = jax.ShapeDtypeStruct((PROMPTS,), jax.random.key(0).dtype, sharding=rows_sharding(mesh, (PROMPTS,), rules))
     completion = (ROWS, CFG.sampling.max_completion_length)
     prm_scores = prm_scoring(str(prm_dir), TOKENIZER, mesh, rules)  # a partial of the compiled scores and the params
+    prm = prm_programs(MODEL_CFG, optimizer, mesh, rules)
+    trained = {"model": jax.device_put(init_params(MODEL_CFG, rng), param_shardings(MODEL_CFG, mesh, rules)),
+               "head": init_head(MODEL_CFG)}
+    labelled = PRMRows(tokens=on_rows((ROWS, SEQ_LEN)), mask=on_rows((ROWS, SEQ_LEN), bool),
+                       step_end=on_rows((ROWS, SEQ_LEN), bool), step_of=on_rows((ROWS, SEQ_LEN)),
+                       soft=on_rows((ROWS, 4), jnp.float32), hard=on_rows((ROWS, 4), bool))
     return {
         "sft": sft.lower(state, {key: on_rows((ROWS, SEQ_LEN)) for key in SFT_ROW_KEYS}),
         "distill": distill.lower(state, params, prompts),
@@ -97,6 +105,7 @@ def compiled_programs(mesh_shape: str, prm_dir: Path) -> dict:
                                                      TOKENIZER.stop_ids, TOKENIZER.pad_id),
         "prm_scores": prm_scores.func.lower(*prm_scores.args, on_rows((ROWS, PROMPT_WIDTH)),
                                             on_rows((ROWS, PROMPT_WIDTH)), on_rows(completion), on_rows(completion)),
+        "prm_update": prm.update.lower(trained, optimizer.init(trained), labelled),
     }
 
 
