@@ -134,7 +134,8 @@ def rows_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = AXIS_RULES) -
 
 def model_layout(mesh: Mesh, rules: Rules = AXIS_RULES) -> Layout:
     """Rows (and the model's activations) split like a batch (`rows_sharding`); a weight in use keeps its split
-    over the mesh axes that do not split rows (tensor) and is gathered over those that do (fsdp)."""
+    over the mesh axes that do not split rows (tensor) and is gathered over those that do (fsdp); a kernel the
+    compiler cannot split runs on each device's block of its arguments, split by these rules."""
     compute_rules = {logical: tuple(axis for axis in axes if axis not in rules["batch"])
                      for logical, axes in rules.items()}
 

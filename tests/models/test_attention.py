@@ -50,6 +50,7 @@ SPLASH_CASES = {
     "gqa": CASES["gqa"],
     "softcap": dataclasses.replace(CASES["gqa"], attn_logit_softcap=2.0),  # small enough to bite at init_std 0.3
     "one_kv_head": dataclasses.replace(CASES["gqa"], num_kv_heads=1),
+    "remat_scan": dataclasses.replace(CASES["gqa"], remat=True, scan_layers=True),  # as the TPU configs run
 }
 
 

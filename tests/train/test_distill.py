@@ -77,9 +77,9 @@ def test_the_step_loss_is_the_reverse_kl_on_the_students_samples(tiny_base_model
     step = make_distill_step(student_cfg, teacher_cfg, cfg, tokenizer, optimizer, schedule)
     _, metrics = step(state, teacher_params, {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask})
     # The same samples (the step's key split), scored by plain forward passes over prompt + completion.
-    roll = generate_groups(student_params, prompt_tokens, prompt_mask, jax.random.split(jax.random.key(7))[1],
-                           student_cfg, SamplingParams.from_config(cfg.sampling), cfg.distill.num_generations,
-                           tokenizer.stop_ids, tokenizer.pad_id)
+    roll = jax.jit(generate_groups, static_argnums=(4, 5, 6, 7, 8))(
+        student_params, prompt_tokens, prompt_mask, jax.random.split(jax.random.key(7))[1], student_cfg,
+        SamplingParams.from_config(cfg.sampling), cfg.distill.num_generations, tokenizer.stop_ids, tokenizer.pad_id)
     tokens = jnp.concatenate([roll.prompt_tokens, roll.tokens], axis=1)
     valid = jnp.concatenate([roll.prompt_mask.astype(bool), jnp.ones(roll.tokens.shape, bool)], axis=1)
     width = roll.prompt_tokens.shape[1]
