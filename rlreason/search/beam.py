@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig
+from rlreason.parallel.rules import AXIS_RULES, Rules
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.search.continuation import continue_sequences, padded_rows
 from rlreason.tokenizers import Tokenizer
@@ -53,10 +54,11 @@ def _beam_keys(keys: jax.Array, slots: list[tuple[int, int]], round_index: int) 
 
 def beam_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompts: list[list[int]], score: Scorer,
                 is_delimiter: np.ndarray, beam: int, expand: int, max_steps: int, max_step_tokens: int,
-                sampling: SamplingParams, keys: jax.Array, mesh: Mesh | None = None) -> list[BeamResult]:
+                sampling: SamplingParams, keys: jax.Array, mesh: Mesh | None = None,
+                rules: Rules = AXIS_RULES) -> list[BeamResult]:
     """The search of each of P prompts (token ids, templated), problem p's from keys[p] ([P] keys). `is_delimiter` [V] bool: the tokens that end a
     step (`steps.delimiter_table`). `sampling.max_new_tokens` is ignored: `max_step_tokens` bounds each step.
-    `mesh`: split the sampler's rows over its batch axes (params placed by the caller)."""
+    `mesh`: split the sampler's rows over its batch axes by `rules` (params placed by the caller)."""
     stop_ids = tuple(tokenizer.stop_ids)
     step_stops = stop_ids + tuple(int(token) for token in np.flatnonzero(is_delimiter))
     width = max(map(len, prompts)) + max_steps * max_step_tokens
@@ -70,7 +72,7 @@ def beam_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompts: list[li
             break
         steps = continue_sequences(params, cfg, [prompts[p] + beams[p][j].ids for p, j in slots], width,
                                    _beam_keys(keys, slots, round_index), step_sampling, expand, step_stops,
-                                   tokenizer.pad_id, mesh)
+                                   tokenizer.pad_id, mesh, rules)
         candidates = []  # (problem, ids, finished), in slot order then sample order
         for row, step in enumerate(steps):
             problem, j = slots[row // expand]

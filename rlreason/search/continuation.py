@@ -17,17 +17,21 @@ from jax.sharding import Mesh
 from rlreason.config import ModelConfig
 from rlreason.data.encoding import left_pad
 from rlreason.models.transformer import Layout, laid_out
-from rlreason.parallel.rules import model_layout, rows_sharding
+from rlreason.parallel.rules import AXIS_RULES, Rules, model_layout, rows_sharding
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 
 
+def compiled_sampler(mesh: Mesh | None, rules: Rules = AXIS_RULES):
+    """generate_groups compiled for rows split over `mesh`'s batch axes by `rules`, each device running its own
+    rows through the model (rlreason.parallel.rules.model_layout); None: no layout. cfg, sampling, group_size,
+    stop_ids and pad_id are static: one program per mesh, rule table, row count and setting."""
+    return _compiled_sampler(mesh, tuple(rules.items()))
+
+
 @functools.cache
-def compiled_sampler(mesh: Mesh | None):
-    """generate_groups compiled for rows split over `mesh`'s batch axes, each device running its own rows through
-    the model (rlreason.parallel.rules.model_layout); None: no layout. cfg, sampling, group_size, stop_ids and
-    pad_id are static: one program per mesh, row count and setting."""
-    return jax.jit(laid_out(generate_groups, Layout() if mesh is None else model_layout(mesh)),
-                   static_argnums=(4, 5, 6, 7, 8))
+def _compiled_sampler(mesh: Mesh | None, rule_items: tuple):  # the rule table as items: a cache key
+    layout = Layout() if mesh is None else model_layout(mesh, dict(rule_items))
+    return jax.jit(laid_out(generate_groups, layout), static_argnums=(4, 5, 6, 7, 8))
 
 
 class Continuation(NamedTuple):
@@ -36,13 +40,15 @@ class Continuation(NamedTuple):
 
 
 def sample_rows(params, cfg: ModelConfig, prompt_tokens, prompt_mask, keys: jax.Array, sampling: SamplingParams,
-                group_size: int, stop_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None = None) -> Rollout:
+                group_size: int, stop_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None = None,
+                rules: Rules = AXIS_RULES) -> Rollout:
     """generate_groups of left-padded prompt rows [R, W] (numpy or jax) by the compiled sampler, with a key per
-    row (`keys` [R]); on `mesh` the rows are split over its batch axes first (params placed by the caller)."""
+    row (`keys` [R]); on `mesh` the rows are split over its batch axes (by `rules`) first (params placed by the
+    caller)."""
     if mesh is not None:
-        prompt_tokens, prompt_mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape))
+        prompt_tokens, prompt_mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape, rules))
                                             for array in (prompt_tokens, prompt_mask, keys))
-    return compiled_sampler(mesh)(params, prompt_tokens, prompt_mask, keys, cfg, sampling, group_size,
+    return compiled_sampler(mesh, rules)(params, prompt_tokens, prompt_mask, keys, cfg, sampling, group_size,
                                   tuple(stop_ids), pad_id)
 
 
@@ -54,15 +60,16 @@ def padded_rows(sequences: list[list[int]], width: int, pad_id: int) -> tuple[np
 
 def continue_sequences(params, cfg: ModelConfig, sequences: list[list[int]], width: int, keys: jax.Array,
                        sampling: SamplingParams, group_size: int, stop_ids: tuple[int, ...], pad_id: int,
-                       mesh: Mesh | None = None) -> list[Continuation]:
+                       mesh: Mesh | None = None, rules: Rules = AXIS_RULES) -> list[Continuation]:
     """`group_size` continuations of each of R sequences (each at most `width` tokens), R * group_size of them,
     groups contiguous. `keys` [R]: continuation j of sequence r is drawn from fold_in(keys[r], j), so it does
     not depend on the rest of the batch. `stop_ids` end a continuation; at most `sampling.max_new_tokens` each.
 
-    `mesh`: the rows are split over its batch axes (params placed by the caller); None: wherever they are.
+    `mesh`: the rows are split over its batch axes by `rules` (params placed by the caller); None: wherever they
+    are.
     """
     tokens, mask = padded_rows(sequences, width, pad_id)
-    rollout = sample_rows(params, cfg, tokens, mask, keys, sampling, group_size, stop_ids, pad_id, mesh)
+    rollout = sample_rows(params, cfg, tokens, mask, keys, sampling, group_size, stop_ids, pad_id, mesh, rules)
     new_tokens, logprobs = np.asarray(rollout.tokens), np.asarray(rollout.logprobs)
     new_mask = np.asarray(rollout.completion_mask).astype(bool)
     return [Continuation(new_tokens[row][new_mask[row]].tolist(), logprobs[row][new_mask[row]])

@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig
+from rlreason.parallel.rules import AXIS_RULES, Rules
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.search.beam import Scorer
 from rlreason.search.continuation import continue_sequences, padded_rows
@@ -250,12 +251,12 @@ def mcts_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompts: list[li
                 evaluator: PRMEvaluator | RolloutEvaluator, is_delimiter: np.ndarray, simulations: int, expand: int,
                 max_steps: int, max_step_tokens: int, sampling: SamplingParams, rng: jax.Array,
                 c_puct: float = 1.0, first_play: FirstPlay = 0.0, pick: Literal["visits", "value"] = "visits",
-                mesh: Mesh | None = None) -> list[SearchResult]:
+                mesh: Mesh | None = None, rules: Rules = AXIS_RULES) -> list[SearchResult]:
     """MCTS for each of P prompts (token ids, templated), one tree each, searched together.
 
     `is_delimiter` [V] bool (`steps.delimiter_table`): the tokens that end a step. `sampling` gives the policy's
     temperature / top-k / top-p (its max_new_tokens is ignored: `max_step_tokens` bounds a step, the evaluator a
-    rollout). `mesh`: split the sampler's rows over its batch axes (params placed by the caller).
+    rollout). `mesh`: split the sampler's rows over its batch axes by `rules` (params placed by the caller).
     """
     stop_ids = tuple(tokenizer.stop_ids)
     step_stops = stop_ids + tuple(int(token) for token in np.flatnonzero(is_delimiter))
@@ -268,7 +269,7 @@ def mcts_search(params, cfg: ModelConfig, tokenizer: Tokenizer, prompts: list[li
         continuations = continue_sequences(
             params, cfg, [prompts[leaf.tree] + leaf.node.completion() for leaf in leaves], width,
             _leaf_keys(rng, leaves, purpose), dataclasses.replace(sampling, max_new_tokens=max_new_tokens),
-            group_size, stops, tokenizer.pad_id, mesh)
+            group_size, stops, tokenizer.pad_id, mesh, rules)
         groups = [continuations[index * group_size:(index + 1) * group_size] for index in range(len(leaves))]
         for leaf, group in zip(leaves, groups):
             spent[leaf.tree] += sum(len(continuation.ids) for continuation in group)

@@ -109,12 +109,13 @@ def make_search_rollout(model_cfg: ModelConfig, tokenizer: Tokenizer, settings: 
         results = mcts_search(params, model_cfg, tokenizer, prompts,
                               RolloutEvaluator(verify, settings.num_rollouts, sampling.max_new_tokens), table,
                               settings.train_simulations, settings.mcts_expand, settings.max_steps,
-                              settings.max_step_tokens, sampling, search_rng, c_puct=settings.c_puct, mesh=mesh)
+                              settings.max_step_tokens, sampling, search_rng, c_puct=settings.c_puct, mesh=mesh,
+                              rules=rules)
         groups = search_completions(results, group_size)
         # Plain samples fill the groups: group_size per prompt in one sampler call, the first ones needed used.
         fills = continue_sequences(params, model_cfg, prompts, prompt_tokens.shape[1],
                                    jax.random.split(fill_rng, len(prompts)), sampling, group_size, stop_ids,
-                                   tokenizer.pad_id, mesh)
+                                   tokenizer.pad_id, mesh, rules)
         found = [len(group) for group in groups]
         for problem, group in enumerate(groups):
             plain = fills[problem * group_size:(problem + 1) * group_size]

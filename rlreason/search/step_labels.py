@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig
+from rlreason.parallel.rules import AXIS_RULES, Rules
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.search.continuation import sample_rows
 from rlreason.search.steps import Steps, split_steps
@@ -69,10 +70,10 @@ def monte_carlo_step_labels(params, cfg: ModelConfig, tokenizer: Tokenizer, prom
                             prompt_mask: np.ndarray, completion: np.ndarray, completion_mask: np.ndarray,
                             is_delimiter: np.ndarray, verify: Callable[[int, str], bool], max_steps: int,
                             num_rollouts: int, sampling: SamplingParams, rng: jax.Array,
-                            mesh: Mesh | None = None) -> tuple[Steps, StepLabels]:
+                            mesh: Mesh | None = None, rules: Rules = AXIS_RULES) -> tuple[Steps, StepLabels]:
     """Labels every step of completions [B, T] by `num_rollouts` continuations of its prefix, drawn in one batch
     by the compiled sampler (a key per prefix, so a prefix's continuations do not depend on the batch), its rows
-    split over `mesh` when one is given (params placed by the caller).
+    split over `mesh` by `rules` when a mesh is given (params placed by the caller).
 
     `verify(b, text)` says whether `text`, a whole completion of prompt b (its first steps and a continuation,
     decoded together from their token ids), is right. Steps past `max_steps` are not labelled.
@@ -81,7 +82,7 @@ def monte_carlo_step_labels(params, cfg: ModelConfig, tokenizer: Tokenizer, prom
     tokens, mask = step_prefixes(prompt_tokens, prompt_mask, completion, steps, max_steps)
     keys = jax.random.split(rng, tokens.shape[0])
     rollouts = sample_rows(params, cfg, tokens, mask, keys, sampling, num_rollouts, tokenizer.stop_ids,
-                           tokenizer.pad_id, mesh)
+                           tokenizer.pad_id, mesh, rules)
     step_of = np.asarray(steps.step_of)
     continuations, continuation_mask = np.asarray(rollouts.tokens), np.asarray(rollouts.completion_mask).astype(bool)
     batch = completion.shape[0]

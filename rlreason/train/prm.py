@@ -115,10 +115,10 @@ def prm_evaluation(programs: PRMPrograms, trained, rows: PRMRows) -> dict[str, f
             "labelled_steps": int(known.sum())}
 
 
-def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh,
+def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh, rules: Rules,
                      show_progress: bool):
     """(the PRMRows of every sampled completion, their labels.jsonl rows without `heldout`), sampled with the
-    rows split over `mesh` (params on it)."""
+    rows split over `mesh` by `rules` (params on it)."""
     settings = cfg.prm
     prompts = load_prompts(cfg.task, "train", settings.num_prompts, tokenizer, cfg.tokenizer.template,
                            cfg.sampling.max_prompt_length)
@@ -126,7 +126,7 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
     rng = jax.random.key(cfg.train.seed)
     roll = jax.device_get(sample_rows(params, model_cfg, prompts.prompt_tokens, prompts.prompt_mask,
                                       jax.random.split(jax.random.fold_in(rng, 0), len(prompts)), sampling,
-                                      settings.num_samples, tokenizer.stop_ids, tokenizer.pad_id, mesh))
+                                      settings.num_samples, tokenizer.stop_ids, tokenizer.pad_id, mesh, rules))
     reward = get_reward_fn(cfg.grpo.accuracy_reward)
     questions = [detokenize(tokenizer, tokens, mask) for tokens, mask in zip(prompts.prompt_tokens,
                                                                               prompts.prompt_mask)]
@@ -144,7 +144,7 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
         steps, labels = monte_carlo_step_labels(
             params, model_cfg, tokenizer, roll.prompt_tokens[part], roll.prompt_mask[part], roll.tokens[part],
             roll.completion_mask[part], table, verify, settings.max_steps, settings.num_rollouts, sampling,
-            jax.random.fold_in(rng, 1 + chunk // LABEL_CHUNK), mesh)
+            jax.random.fold_in(rng, 1 + chunk // LABEL_CHUNK), mesh, rules)
         step_of, step_end = np.asarray(steps.step_of), np.asarray(steps.ends)
         prompt_width = roll.prompt_tokens.shape[1]
         rows.append(PRMRows(
@@ -192,7 +192,7 @@ def prm(cfg: Config, model: str, out_dir: str, show_progress: bool = True) -> di
     params, model_cfg, tokenizer, _ = evaluated_model(cfg, model, mesh, rules)
     optimizer, _ = make_optimizer(cfg.prm.optim, cfg.prm.steps)
     programs = prm_programs(model_cfg, optimizer, mesh, rules)
-    rows, records = sample_and_label(cfg, params, model_cfg, tokenizer, mesh, show_progress)
+    rows, records = sample_and_label(cfg, params, model_cfg, tokenizer, mesh, rules, show_progress)
     problems = np.asarray([record["problem"] for record in records])
     heldout = problems > problems.max() - max(1, math.ceil(cfg.prm.heldout_fraction * (problems.max() + 1)))
     train_rows, heldout_rows = rows.take(np.flatnonzero(~heldout)), rows.take(np.flatnonzero(heldout))

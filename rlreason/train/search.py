@@ -196,7 +196,7 @@ def search(cfg: Config, model: str, out_dir: str, show_progress: bool = True) ->
 
     prompts = prompt_ids(eval_set.prompts)
     shape = dict(is_delimiter=table, max_steps=settings.max_steps, max_step_tokens=settings.max_step_tokens,
-                 sampling=sampling, mesh=mesh)
+                 sampling=sampling, mesh=mesh, rules=rules)
     runs = [("beam", width) for width in settings.beam_widths] + [("mcts", count) for count in settings.simulations]
     points = []
     for method, setting in progress_bar(runs, desc="search", show=show_progress):
@@ -218,7 +218,7 @@ def search(cfg: Config, model: str, out_dir: str, show_progress: bool = True) ->
                "sampling": samples, "search": points}
     if settings.train_problems:
         summary["expert_iteration"] = expert_iteration_rows(cfg, model, params, model_cfg, tokenizer, table, sampling,
-                                                            mesh, out, rng)
+                                                            mesh, rules, out, rng)
     (out / "search.json").write_text(json.dumps(summary, indent=2))
     (out / "search.md").write_text("\n".join(markdown(samples, points)) + "\n")
     plot(samples, points, out / "search.png", f"{eval_set.name}: {len(prompts)} problems")
@@ -226,7 +226,7 @@ def search(cfg: Config, model: str, out_dir: str, show_progress: bool = True) ->
 
 
 def expert_iteration_rows(cfg: Config, model: str, params, model_cfg, tokenizer: Tokenizer, table: np.ndarray,
-                          sampling: SamplingParams, mesh, out, rng: jax.Array) -> dict:
+                          sampling: SamplingParams, mesh, rules, out, rng: jax.Array) -> dict:
     """Step 4 of the module docstring: writes OUT/mcts_sft.jsonl; returns its counts."""
     settings = cfg.search
     prompts = load_prompts(cfg.task, "train", settings.train_problems, tokenizer, cfg.tokenizer.template,
@@ -236,7 +236,7 @@ def expert_iteration_rows(cfg: Config, model: str, params, model_cfg, tokenizer:
     results = mcts_search(params, model_cfg, tokenizer, prompt_ids(prompts), evaluator, table,
                           settings.train_simulations, settings.mcts_expand, settings.max_steps,
                           settings.max_step_tokens, sampling, jax.random.fold_in(rng, len(SEARCH_METHODS)),
-                          c_puct=settings.c_puct, mesh=mesh)
+                          c_puct=settings.c_puct, mesh=mesh, rules=rules)
     verified = verified_completions(results, tokenizer, verify)
     rows = sft_rows(verified, [example.question for example in prompts.examples],
                     [example.answer for example in prompts.examples], settings.sft_per_problem,
