@@ -77,6 +77,7 @@ class PRMPrograms(NamedTuple):
     its own rows through the model (rlreason.parallel.rules.model_layout)."""
 
     logits: Callable  # (trained {"model", "head"}, PRMRows on the mesh) -> step logits [B, L]
+    init: Callable  # trained -> the optimizer's state
     update: Callable  # (trained, optimizer state, PRMRows on the mesh) -> (trained, optimizer state, loss)
     place: Callable  # PRMRows (numpy) -> the same rows on the mesh
 
@@ -97,7 +98,7 @@ def prm_programs(model_cfg: ModelConfig, optimizer: optax.GradientTransformation
     def place(rows: PRMRows) -> PRMRows:
         return jax.tree.map(lambda field: jax.device_put(field, rows_sharding(mesh, field.shape, rules)), rows)
 
-    return PRMPrograms(jax.jit(laid_out(logits, arrays)), jax.jit(laid_out(update, arrays)), place)
+    return PRMPrograms(jax.jit(laid_out(logits, arrays)), optimizer.init, jax.jit(laid_out(update, arrays)), place)
 
 
 def prm_evaluation(programs: PRMPrograms, trained, rows: PRMRows) -> dict[str, float]:
@@ -166,13 +167,12 @@ def sample_and_label(cfg: Config, params, model_cfg: ModelConfig, tokenizer: Tok
     return PRMRows(*(np.concatenate(field) for field in zip(*rows))), records
 
 
-def train_prm(programs: PRMPrograms, optimizer: optax.GradientTransformation, params, rows: PRMRows, cfg: Config,
-              model_cfg: ModelConfig, show_progress: bool):
-    """(the trained transformer, head, the last update's loss): `prm.steps` updates by `optimizer` (prm.optim) on
-    minibatches of `prm.batch_size` rows, each epoch in a fresh order drawn from train.seed."""
+def train_prm(programs: PRMPrograms, params, rows: PRMRows, cfg: Config, model_cfg: ModelConfig, show_progress: bool):
+    """(the trained transformer, head, the last update's loss): `prm.steps` updates (`programs.update`, by
+    prm.optim) on minibatches of `prm.batch_size` rows, each epoch in a fresh order drawn from train.seed."""
     settings = cfg.prm
     trained = {"model": params, "head": init_head(model_cfg)}
-    opt_state = optimizer.init(trained)
+    opt_state = programs.init(trained)
     order = np.random.default_rng(cfg.train.seed)
     size = min(settings.batch_size, len(rows.tokens))
     batches = len(rows.tokens) // size
@@ -190,14 +190,13 @@ def prm(cfg: Config, model: str, out_dir: str, show_progress: bool = True) -> di
     initialize(cfg.distributed)
     mesh, rules = make_mesh(cfg.mesh), axis_rules(cfg.mesh)
     params, model_cfg, tokenizer, _ = evaluated_model(cfg, model, mesh, rules)
-    optimizer, _ = make_optimizer(cfg.prm.optim, cfg.prm.steps)
-    programs = prm_programs(model_cfg, optimizer, mesh, rules)
+    programs = prm_programs(model_cfg, make_optimizer(cfg.prm.optim, cfg.prm.steps)[0], mesh, rules)
     rows, records = sample_and_label(cfg, params, model_cfg, tokenizer, mesh, rules, show_progress)
     problems = np.asarray([record["problem"] for record in records])
     heldout = problems > problems.max() - max(1, math.ceil(cfg.prm.heldout_fraction * (problems.max() + 1)))
     train_rows, heldout_rows = rows.take(np.flatnonzero(~heldout)), rows.take(np.flatnonzero(heldout))
     before = prm_evaluation(programs, {"model": params, "head": init_head(model_cfg)}, heldout_rows)
-    trained, head, last_loss = train_prm(programs, optimizer, params, train_rows, cfg, model_cfg, show_progress)
+    trained, head, last_loss = train_prm(programs, params, train_rows, cfg, model_cfg, show_progress)
     after = prm_evaluation(programs, {"model": trained, "head": head}, heldout_rows)
     labelled = np.isfinite(rows.soft)
     summary = {"completions": len(records), "train_completions": int((~heldout).sum()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hlo_checks import row_gathers
 
 MESHES = ["1x1x1", "8x1x1", "1x8x1", "2x2x2"]
 PROGRAMS = ["sft", "distill", "continuation", "prm_scores", "prm_update"]
@@ -31,19 +32,12 @@ def compiled(run_python, tiny_base_model, tmp_path_factory) -> dict:
     return results
 
 
-def leading_dim(shape: str) -> int:
-    dims = shape[shape.index("[") + 1:-1]
-    return int(dims.split(",")[0]) if dims else 1
-
-
 @pytest.mark.parametrize("program", PROGRAMS)
 @pytest.mark.parametrize("mesh", MESHES[1:])
 def test_no_rows_are_gathered(compiled, mesh, program):
     """An all-gather along the first dimension of an array that leads with a row count is rows moving between
     devices. (Tensor parallelism gathers a row's logits over the vocabulary for sampling: dimension 1, kept.)"""
-    row_gathers = [gather["shape"] for gather in compiled[mesh][program]["all_gathers"]
-                   if gather["dimension"] == 0 and leading_dim(gather["shape"]) in ROW_COUNTS]
-    assert row_gathers == []
+    assert row_gathers(compiled[mesh][program]["all_gathers"], ROW_COUNTS) == []
 
 
 @pytest.mark.parametrize("program", PROGRAMS)

@@ -18,6 +18,7 @@ import math
 import pytest
 
 from grpo_run_settings import CONFIG, TINY_MODEL
+from hlo_checks import leading_dim
 
 MESHES = ["1x1x1", "8x1x1", "1x8x1", "2x2x2", "2x4x1"]
 ROW_COUNTS = {32, 16, 8}
@@ -37,17 +38,12 @@ def compiled(run_python, tiny_base_model, tmp_path_factory) -> dict:
     return results
 
 
-def leading_dim(shape: str) -> int:
-    dims = shape[shape.index("[") + 1:-1]
-    return int(dims.split(",")[0]) if dims else 1
-
-
 @pytest.mark.parametrize("mesh", MESHES[1:])
 def test_no_rows_are_gathered(compiled, mesh):
     """On fsdp meshes the rows and the weights' hidden size are split over the same axis: without the model's
     activation layout (rlreason.parallel.rules.model_layout) the compiler gathered activations or token ids."""
-    row_gathers = [shape for shape in compiled[mesh]["all_gathers"] if leading_dim(shape) in ROW_COUNTS]
-    assert row_gathers == []
+    shapes = [gather["shape"] for gather in compiled[mesh]["all_gathers"]]
+    assert [shape for shape in shapes if leading_dim(shape) in ROW_COUNTS] == []
 
 
 def elements(shape: str) -> int:
@@ -58,7 +54,8 @@ def elements(shape: str) -> int:
 def test_pure_data_parallelism_gathers_only_per_device_scalars(compiled):
     """Params are replicated on 8x1x1, so the update gathers no weights either: at most one value per device
     (flags and counts of the step's reductions), never a slice of rows (the contiguous split gathered those)."""
-    assert all(elements(shape) <= 8 for shape in compiled["8x1x1"]["all_gathers"]), compiled["8x1x1"]["all_gathers"]
+    shapes = [gather["shape"] for gather in compiled["8x1x1"]["all_gathers"]]
+    assert all(elements(shape) <= 8 for shape in shapes), shapes
 
 
 @pytest.mark.parametrize("mesh", MESHES[1:])

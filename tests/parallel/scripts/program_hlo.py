@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import sys
 import tempfile
@@ -51,6 +50,8 @@ from rlreason.train.optim import make_optimizer  # noqa: E402
 from rlreason.train.prm import PRMRows, prm_programs  # noqa: E402
 from rlreason.train.sft import make_sft_step  # noqa: E402
 from rlreason.train.update_loop import state_layout  # noqa: E402
+
+from compiled_facts import compiled_facts  # noqa: E402  (this folder's module)
 
 PROMPTS, GROUP, PROMPT_WIDTH, SEQ_LEN = 8, 4, 16, 40
 ROWS = PROMPTS * GROUP
@@ -105,21 +106,12 @@ def compiled_programs(mesh_shape: str, prm_dir: Path) -> dict:
                                                      TOKENIZER.stop_ids, TOKENIZER.pad_id),
         "prm_scores": prm_scores.func.lower(*prm_scores.args, on_rows((ROWS, PROMPT_WIDTH)),
                                             on_rows((ROWS, PROMPT_WIDTH)), on_rows(completion), on_rows(completion)),
-        "prm_update": prm.update.lower(trained, optimizer.init(trained), labelled),
+        "prm_update": prm.update.lower(trained, prm.init(trained), labelled),
     }
 
 
-def summary(lowered) -> dict:
-    compiled = lowered.compile()
-    gathers = [{"shape": shape, "dimension": int(dimension)} for shape, dimension in re.findall(
-        r"= (\w+\[[\d,]*\])[^=\n]* all-gather(?:-start)?\([^\n]*?dimensions=\{(\d+)\}", compiled.as_text())]
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return {"all_gathers": gathers, "flops": float(cost["flops"])}
-
-
 prm_dir = prm_folder()
-results = {mesh: {name: summary(lowered) for name, lowered in compiled_programs(mesh, prm_dir).items()}
+results = {mesh: {name: compiled_facts(lowered.compile()) for name, lowered in compiled_programs(mesh, prm_dir).items()}
            for mesh in MESHES}
 with open(OUT_PATH, "w") as out:
     json.dump(results, out)

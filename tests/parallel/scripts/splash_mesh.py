@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import sys
 
 from rlreason.config import DistributedConfig, MeshConfig, ModelConfig
@@ -25,6 +24,8 @@ import numpy as np  # noqa: E402
 from rlreason.models.transformer import forward, init_params, laid_out, positions_from_mask  # noqa: E402
 from rlreason.parallel.mesh import make_mesh  # noqa: E402
 from rlreason.parallel.rules import axis_rules, model_layout, param_shardings, rows_sharding  # noqa: E402
+
+from compiled_facts import compiled_facts  # noqa: E402  (this folder's module)
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                   intermediate_size=48, init_std=0.3)
@@ -57,10 +58,7 @@ for shape in MESHES:
     step = jax.jit(laid_out(jax.value_and_grad(lambda p, t, m: loss(p, splash, t, m), has_aux=True),
                             model_layout(mesh, rules)))
     (_, logits), grads = step(params, tokens, mask)
-    text = step.lower(params, tokens, mask).compile().as_text()
-    gathers = [{"shape": shape, "dimension": int(dimension)} for shape, dimension in re.findall(
-        r"= (\w+\[[\d,]*\])[^=\n]* all-gather(?:-start)?\([^\n]*?dimensions=\{(\d+)\}", text)]
     results[shape] = {"logits": np.asarray(logits)[np.asarray(MASK)].tolist(), "grads": flat(grads).tolist(),
-                      "all_gathers": gathers}
+                      "all_gathers": compiled_facts(step.lower(params, tokens, mask).compile())["all_gathers"]}
 with open(OUT_PATH, "w") as out:
     json.dump(results, out)

@@ -1,5 +1,5 @@
 """What the compiled GRPO update (the step's `learn` phase) does on each mesh of 8 CPU devices, for the test to
-judge: the result shapes of its all-gathers and its per-device FLOPs (XLA's cost analysis).
+judge: its all-gathers (result shape, gathered dimension) and its per-device FLOPs (XLA's cost analysis).
 
 usage: python update_hlo.py OUT.json MESHES CONFIG [key=value ...]
   MESHES: comma-separated DATAxFSDPxTENSOR shapes of one device count, e.g. 8x1x1,1x8x1,2x2x2 (or 1x1x1 alone)
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 
 from rlreason.config import DistributedConfig, load_config
@@ -26,6 +25,8 @@ import jax  # noqa: E402
 
 from rlreason.parallel.rules import axis_rules, rows_sharding  # noqa: E402
 from rlreason.train.loop import build_trainer  # noqa: E402
+
+from compiled_facts import compiled_facts  # noqa: E402  (this folder's module)
 
 
 def compiled_learn(mesh: str):
@@ -45,11 +46,6 @@ def compiled_learn(mesh: str):
 
 results = {}
 for mesh in MESHES:
-    compiled = compiled_learn(mesh)
-    text = compiled.as_text()
-    gathers = re.findall(r"= (\w+\[[\d,]*\])[^=\n]* all-gather(?:-start)?\(", text)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    results[mesh] = {"all_gathers": gathers, "flops": float(cost["flops"])}
+    results[mesh] = compiled_facts(compiled_learn(mesh))
 with open(OUT_PATH, "w") as out:
     json.dump(results, out)
