@@ -362,14 +362,14 @@ class WorkerPool:
                 self._count(timed_out=len(batch.pending) + len(running))
                 batch.pending.clear()
                 for worker in running:
-                    self._release(worker)
                     self._replace(worker)
+                    self._release(worker)
         for worker in list(self._workers):
             if worker.batch is not None and now >= worker.deadline:
                 logger.warning("verifier call %s timed out; its worker is replaced", _call_name(worker))
                 self._count(timed_out=1)
+                self._replace(worker)  # killed before its call is released: a returned `run` left no worker behind
                 self._release(worker)
-                self._replace(worker)
             elif not worker.ready and now >= worker.started_at + self.startup_timeout_s:
                 self._failed_starts += 1
                 self._replace(worker)
