@@ -174,8 +174,12 @@ def _exit_now_if_distributed(code: int) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
+    from rlreason.parallel.distributed import initialize
     from rlreason.train.compile_cache import cache_counts, use_compilation_cache
 
+    # Before any command touches JAX: the CPU device count (distributed.local_device_count) can only be set
+    # before the backend starts, and a command may compute before it builds its mesh (bench's random model).
+    initialize(cfg.distributed)
     use_compilation_cache(cfg.train.compilation_cache_dir)
     show_progress = not args.quiet
     if args.command == "demo":

@@ -166,6 +166,18 @@ def test_bench_says_it_times_random_weights_without_a_model_dir(capsys):
     assert "rlreason bench: error: config keys mesh.data=3" in captured.err
 
 
+def test_bench_of_random_weights_runs_on_the_simulated_devices_its_config_asks_for():
+    """The random model is made before the trainer: the CPU device count must already be set by then (JAX
+    refuses it once its backend has started)."""
+    from tiny_run import TINY_OVERRIDES
+
+    result = run_cli("bench", "--quiet", "configs/demo_cpu.yaml", *TINY_OVERRIDES, "train.model_dir=",
+                     "distributed.local_device_count=2", "mesh.data=2", "mesh.fsdp=1")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["device"] == "2 x cpu" and figures["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+
+
 @pytest.mark.parametrize("arguments, says", [
     (["convert", "{tmp}/missing", "{tmp}/out"],
      "rlreason convert: error: '{tmp}/missing' is neither a Hugging Face model directory nor a .gguf file"),
