@@ -62,7 +62,16 @@ def manual_coordinates(cfg: DistributedConfig, environ: Mapping[str, str]) -> Co
 def initialize(cfg: DistributedConfig, environ: Mapping[str, str] = os.environ) -> None:
     """Sets the CPU device count and joins the other processes as `cfg.mode` says. Safe to call twice."""
     if cfg.local_device_count and jax.config.jax_num_cpu_devices != cfg.local_device_count:
-        jax.config.update("jax_num_cpu_devices", cfg.local_device_count)
+        try:
+            jax.config.update("jax_num_cpu_devices", cfg.local_device_count)
+        except RuntimeError:  # JAX's backend has started: it keeps the devices it started with
+            started = len(jax.devices("cpu"))
+            if started != cfg.local_device_count:
+                raise ConfigError(f"config key distributed.local_device_count={cfg.local_device_count}: this process "
+                                  f"already computed with JAX on {started} CPU device(s), and JAX sets the count only "
+                                  f"before its first computation; call rlreason.parallel.distributed.initialize"
+                                  f"(cfg.distributed) before anything else uses JAX (the rlreason command does)") \
+                    from None
     if cfg.mode == "single" or jax.distributed.is_initialized():
         return
     timeouts = {"heartbeat_timeout_seconds": cfg.heartbeat_timeout_s,

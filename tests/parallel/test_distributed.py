@@ -1,5 +1,5 @@
 """Where mode `manual` gets the coordinator, process count and id: the config first, then the environment; and
-a process that raises in a multi-process run exits at once."""
+a process that raises in a multi-process run exits at once; a CPU device count asked for too late is named."""
 
 from __future__ import annotations
 
@@ -58,3 +58,24 @@ def test_a_process_that_raises_ends_the_run_at_once(run_python):
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[p1] RuntimeError: process 1 failed on purpose" in result.stdout
     assert time.monotonic() - start < 30
+
+
+LATE_DEVICE_COUNT = """
+import jax
+from rlreason.config import ConfigError, DistributedConfig
+from rlreason.parallel.distributed import initialize
+started = jax.device_count()  # computing starts the backend: 1 CPU device, or what XLA_FLAGS says
+initialize(DistributedConfig(local_device_count=started))  # what it already has: nothing to change
+try:
+    initialize(DistributedConfig(local_device_count=started + 1))
+except ConfigError as error:
+    print(started, error)
+"""
+
+
+def test_a_device_count_asked_for_after_jax_started_is_a_config_error(run_python):
+    result = run_python(["-c", LATE_DEVICE_COUNT], timeout=60)
+    started, _, message = result.stdout.partition(" ")
+    assert message.startswith(f"config key distributed.local_device_count={int(started) + 1}: this process already "
+                              f"computed with JAX on {started} CPU device(s)"), result.stdout + result.stderr
+    assert "call rlreason.parallel.distributed.initialize(cfg.distributed) before" in message
