@@ -5,6 +5,7 @@ and reference sync."""
 import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -251,6 +252,29 @@ def test_reference_is_synced_every_ref_model_sync_steps(tiny_base_model):
     mixed = jax.tree.map(lambda policy, ref: 0.5 * policy + 0.5 * ref, states[1].params, initial.params)
     assert_same_trees(states[1].ref_params, mixed, rtol=1e-6, atol=1e-7)
     assert not np.allclose(jax.tree.leaves(states[1].params)[0], jax.tree.leaves(initial.params)[0])
+
+
+def test_every_metric_is_reduced_after_the_update(tiny_base_model):
+    """On a mesh each metric's reduction is an all-reduce. Free to run before the update, one device reached it
+    first and held one of the CPU client's threads (one per core) until the other device had updated: the two
+    devices' updates ran one after the other. So every metric, the optional features' too (overlong penalty,
+    off-policy correction), is computed from the outputs of the barrier that the new state passes through:
+    judged on `learn`'s jaxpr, by following the barrier's outputs through the equations after it."""
+    trainer = build_trainer(tiny_config(f"train.model_dir={tiny_base_model}", "grpo.overlong_buffer_length=6",
+                                        "grpo.recompute_old_logprobs=true", "grpo.beta=0.04"), abstract_state=True)
+    roll = jax.eval_shape(trainer.functions.rollout, trainer.state.params,
+                          trainer.prompt_batch(next(trainer.batches)), trainer.state.rng)
+    rewards = jax.ShapeDtypeStruct((roll.tokens.shape[0], len(tiny_config().grpo.rewards)), jnp.float32)
+    closed, outputs = jax.make_jaxpr(trainer.functions.learn, return_shape=True)(trainer.state, roll, rewards)
+    barriers = [eqn for eqn in closed.jaxpr.eqns if eqn.primitive.name == "optimization_barrier"]
+    assert len(barriers) == 1
+    after = set(barriers[0].outvars)
+    for eqn in closed.jaxpr.eqns:
+        if any(isinstance(var, jax.extend.core.Var) and var in after for var in eqn.invars):
+            after.update(eqn.outvars)
+    _, metrics, _ = jax.tree.unflatten(jax.tree.structure(outputs), closed.jaxpr.outvars)
+    assert {"overlong_penalty", "off_policy/is_weight_mean", "mismatch/token_prob_error", "kl"} <= metrics.keys()
+    assert [name for name, var in metrics.items() if var not in after] == []
 
 
 def test_samples_carry_the_advantages_and_metrics_the_parameter_norms(tiny_base_model):
