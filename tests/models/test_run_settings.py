@@ -68,8 +68,10 @@ def test_bfloat16_compute_over_float32_master_weights_in_the_compiled_step(tiny_
     for tree in (trainer.state.params, trainer.state.opt_state, trainer.state.ref_params):
         floats = [leaf.dtype for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
         assert floats and set(floats) == {jnp.dtype("float32")}
-    # remat: jax.checkpoint keeps recomputed layer activations apart with optimization barriers.
-    assert "optimization_barrier" in bfloat16_text and "optimization_barrier" not in float32_text
+    # remat: jax.checkpoint keeps recomputed layer activations apart with optimization barriers; without it the
+    # step has one, which holds its metrics until after the update (rlreason.rl.step).
+    assert float32_text.count("optimization_barrier") == 1
+    assert bfloat16_text.count("optimization_barrier") > 1
 
 
 def test_params_load_in_the_runs_master_weight_dtype(tiny_base_model):
