@@ -174,12 +174,13 @@ def _exit_now_if_distributed(code: int) -> int:
 
 
 def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
-    from rlreason.parallel.distributed import initialize
+    from rlreason.parallel.distributed import set_local_device_count
     from rlreason.train.compile_cache import cache_counts, use_compilation_cache
 
-    # Before any command touches JAX: the CPU device count (distributed.local_device_count) can only be set
-    # before the backend starts, and a command may compute before it builds its mesh (bench's random model).
-    initialize(cfg.distributed)
+    # Before any command touches JAX, which fixes the CPU device count when it first computes: a command may
+    # compute before it builds its mesh (bench's random model). Joining other processes stays with the commands
+    # that run on several (distributed.initialize).
+    set_local_device_count(cfg.distributed)
     use_compilation_cache(cfg.train.compilation_cache_dir)
     show_progress = not args.quiet
     if args.command == "demo":

@@ -59,8 +59,9 @@ def manual_coordinates(cfg: DistributedConfig, environ: Mapping[str, str]) -> Co
     return coordinates
 
 
-def initialize(cfg: DistributedConfig, environ: Mapping[str, str] = os.environ) -> None:
-    """Sets the CPU device count and joins the other processes as `cfg.mode` says. Safe to call twice."""
+def set_local_device_count(cfg: DistributedConfig) -> None:
+    """Gives this process `cfg.local_device_count` CPU devices (0: JAX's default). JAX fixes the count when it
+    first computes: a count asked for after that, and not already had, is a ConfigError naming the key."""
     if cfg.local_device_count and jax.config.jax_num_cpu_devices != cfg.local_device_count:
         try:
             jax.config.update("jax_num_cpu_devices", cfg.local_device_count)
@@ -72,6 +73,11 @@ def initialize(cfg: DistributedConfig, environ: Mapping[str, str] = os.environ) 
                                   f"before its first computation; call rlreason.parallel.distributed.initialize"
                                   f"(cfg.distributed) before anything else uses JAX (the rlreason command does)") \
                     from None
+
+
+def initialize(cfg: DistributedConfig, environ: Mapping[str, str] = os.environ) -> None:
+    """Sets the CPU device count and joins the other processes as `cfg.mode` says. Safe to call twice."""
+    set_local_device_count(cfg)
     if cfg.mode == "single" or jax.distributed.is_initialized():
         return
     timeouts = {"heartbeat_timeout_seconds": cfg.heartbeat_timeout_s,

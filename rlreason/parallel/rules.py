@@ -132,6 +132,11 @@ def rows_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = AXIS_RULES) -
     return NamedSharding(mesh, PartitionSpec(*rows, *([None] * (len(shape) - 1))))
 
 
+def put_rows(tree, mesh: Mesh, rules: Rules = AXIS_RULES):
+    """Every array of `tree` (numpy or jax, rows first) on `mesh`, its rows split as `rows_sharding` says."""
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, rows_sharding(mesh, leaf.shape, rules)), tree)
+
+
 def model_layout(mesh: Mesh, rules: Rules = AXIS_RULES) -> Layout:
     """Rows (and the model's activations) split like a batch (`rows_sharding`); a weight in use keeps its split
     over the mesh axes that do not split rows (tensor) and is gathered over those that do (fsdp); a kernel the

@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from rlreason.config import ModelConfig
 from rlreason.data.encoding import left_pad
 from rlreason.models.transformer import Layout, laid_out
-from rlreason.parallel.rules import AXIS_RULES, Rules, model_layout, rows_sharding
+from rlreason.parallel.rules import AXIS_RULES, Rules, model_layout, put_rows
 from rlreason.sampling.sampler import Rollout, SamplingParams, generate_groups
 
 
@@ -46,10 +46,9 @@ def sample_rows(params, cfg: ModelConfig, prompt_tokens, prompt_mask, keys: jax.
     row (`keys` [R]); on `mesh` the rows are split over its batch axes (by `rules`) first (params placed by the
     caller)."""
     if mesh is not None:
-        prompt_tokens, prompt_mask, keys = (jax.device_put(array, rows_sharding(mesh, array.shape, rules))
-                                            for array in (prompt_tokens, prompt_mask, keys))
+        prompt_tokens, prompt_mask, keys = put_rows((prompt_tokens, prompt_mask, keys), mesh, rules)
     return compiled_sampler(mesh, rules)(params, prompt_tokens, prompt_mask, keys, cfg, sampling, group_size,
-                                  tuple(stop_ids), pad_id)
+                                         tuple(stop_ids), pad_id)
 
 
 def padded_rows(sequences: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlreason.config import ModelConfig, SearchConfig
-from rlreason.parallel.rules import AXIS_RULES, Rules, rows_sharding
+from rlreason.parallel.rules import AXIS_RULES, Rules, put_rows
 from rlreason.sampling.sampler import Rollout, SamplingParams
 from rlreason.search.continuation import continue_sequences
 from rlreason.search.mcts import RolloutEvaluator, finished_nodes, mcts_search
@@ -121,7 +121,7 @@ def make_search_rollout(model_cfg: ModelConfig, tokenizer: Tokenizer, settings: 
             plain = fills[problem * group_size:(problem + 1) * group_size]
             group += [Sampled(sample.ids, sample.logprobs) for sample in plain[:group_size - len(group)]]
         roll = pack_groups(prompt_tokens, prompt_mask, groups, sampling.max_new_tokens, stop_ids, tokenizer.pad_id)
-        roll = Rollout(*(jax.device_put(leaf, rows_sharding(mesh, leaf.shape, rules)) for leaf in roll))
+        roll = put_rows(roll, mesh, rules)
         return roll, SearchStats(float(np.mean(found)),
                                  float(np.mean([result.tokens_generated for result in results])))
 

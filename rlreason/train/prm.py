@@ -22,6 +22,7 @@ config's mesh (every local device by default).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Callable, NamedTuple
@@ -38,7 +39,7 @@ from rlreason.models.store import save_model
 from rlreason.models.transformer import laid_out
 from rlreason.parallel.distributed import initialize
 from rlreason.parallel.mesh import make_mesh
-from rlreason.parallel.rules import Rules, axis_rules, model_layout, rows_sharding
+from rlreason.parallel.rules import Rules, axis_rules, model_layout, put_rows
 from rlreason.progress import progress_bar
 from rlreason.sampling.sampler import SamplingParams
 from rlreason.search.continuation import sample_rows
@@ -95,10 +96,8 @@ def prm_programs(model_cfg: ModelConfig, optimizer: optax.GradientTransformation
         updates, opt_state = optimizer.update(grads, opt_state, trained)
         return optax.apply_updates(trained, updates), opt_state, loss
 
-    def place(rows: PRMRows) -> PRMRows:
-        return jax.tree.map(lambda field: jax.device_put(field, rows_sharding(mesh, field.shape, rules)), rows)
-
-    return PRMPrograms(jax.jit(laid_out(logits, arrays)), optimizer.init, jax.jit(laid_out(update, arrays)), place)
+    return PRMPrograms(jax.jit(laid_out(logits, arrays)), optimizer.init, jax.jit(laid_out(update, arrays)),
+                       functools.partial(put_rows, mesh=mesh, rules=rules))
 
 
 def prm_evaluation(programs: PRMPrograms, trained, rows: PRMRows) -> dict[str, float]:
