@@ -19,7 +19,8 @@ from rlreason.config import ConfigError, ModelConfig
 from rlreason.models.store import load_model
 from rlreason.models.transformer import forward, init_params, positions_from_mask
 from rlreason.rl.step import init_train_state
-from rlreason.sampling.sampler import SamplingParams, generate_groups
+from rlreason.sampling.sampler import SamplingParams
+from rlreason.search.continuation import compiled_sampler
 from rlreason.train.distill import distill, make_distill_step, token_reverse_kl
 from rlreason.train.optim import make_optimizer
 from rlreason.train.pretrain import pretrain
@@ -77,7 +78,7 @@ def test_the_step_loss_is_the_reverse_kl_on_the_students_samples(tiny_base_model
     step = make_distill_step(student_cfg, teacher_cfg, cfg, tokenizer, optimizer, schedule)
     _, metrics = step(state, teacher_params, {"prompt_tokens": prompt_tokens, "prompt_mask": prompt_mask})
     # The same samples (the step's key split), scored by plain forward passes over prompt + completion.
-    roll = jax.jit(generate_groups, static_argnums=(4, 5, 6, 7, 8))(
+    roll = compiled_sampler(None)(
         student_params, prompt_tokens, prompt_mask, jax.random.split(jax.random.key(7))[1], student_cfg,
         SamplingParams.from_config(cfg.sampling), cfg.distill.num_generations, tokenizer.stop_ids, tokenizer.pad_id)
     tokens = jnp.concatenate([roll.prompt_tokens, roll.tokens], axis=1)

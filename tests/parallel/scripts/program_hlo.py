@@ -102,8 +102,8 @@ def compiled_programs(mesh_shape: str, prm_dir: Path) -> dict:
     return {
         "sft": sft.lower(state, {key: on_rows((ROWS, SEQ_LEN)) for key in SFT_ROW_KEYS}),
         "distill": distill.lower(state, params, prompts),
-        "continuation": compiled_sampler(mesh, rules).lower(params, *prompts.values(), keys, MODEL_CFG, sampling, GROUP,
-                                                     TOKENIZER.stop_ids, TOKENIZER.pad_id),
+        "continuation": compiled_sampler(mesh, rules).lower(params, *prompts.values(), keys, MODEL_CFG, sampling,
+                                                            GROUP, TOKENIZER.stop_ids, TOKENIZER.pad_id),
         "prm_scores": prm_scores.func.lower(*prm_scores.args, on_rows((ROWS, PROMPT_WIDTH)),
                                             on_rows((ROWS, PROMPT_WIDTH)), on_rows(completion), on_rows(completion)),
         "prm_update": prm.update.lower(trained, prm.init(trained), labelled),
