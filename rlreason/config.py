@@ -212,6 +212,10 @@ class SamplingConfig:
     # prefill and update work when prompts are shorter than the maximum, one compiled step per width met.
     prompt_bucket: int = 0
     max_completion_length: int = 64  # with tools: the policy's tokens and the inserted results together
+    # N > 1: the KV cache grows in N equal parts of the completion, and each decode step attends over the parts
+    # written so far instead of the whole cache: about (N - 1) / 2N less cache read per token (it dominates long
+    # completions' decoding), for N copies of the decode loop to compile.
+    decode_segments: int = 1
     tools: ToolsConfig = ToolsConfig()
 
     def validate(self, path: str) -> None:
@@ -224,6 +228,9 @@ class SamplingConfig:
         _require(self.top_k >= 0, f"{path}.top_k", f"must be >= 0, got {self.top_k}")
         _require(self.max_completion_length > 0, f"{path}.max_completion_length", "must be > 0")
         _require(self.max_prompt_length > 0, f"{path}.max_prompt_length", "must be > 0")
+        _require(1 <= self.decode_segments <= self.max_completion_length, f"{path}.decode_segments",
+                 f"must be in [1, {path}.max_completion_length ({self.max_completion_length})], got "
+                 f"{self.decode_segments}")
         _require(self.prompt_bucket >= 0, f"{path}.prompt_bucket", f"must be >= 0 (0: no trimming), got "
                  f"{self.prompt_bucket}")
 

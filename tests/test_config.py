@@ -42,6 +42,9 @@ def test_cross_field_validation():
         load_config(None, ["grpo.accuracy_reward=gsm8k"])
     with pytest.raises(ConfigError, match=r"'sampling.prompt_bucket' must be >= 0 \(0: no trimming\), got -8"):
         load_config(None, ["sampling.prompt_bucket=-8"])
+    with pytest.raises(ConfigError, match=r"'sampling.decode_segments' must be in \[1, "
+                                          r"sampling.max_completion_length \(16\)\], got 17"):
+        load_config(None, ["sampling.max_completion_length=16", "sampling.decode_segments=17"])
     with pytest.raises(ConfigError, match=r"'sampling.prompt_bucket' must be 0 with grpo.dynamic_sampling=refill"):
         load_config(None, ["sampling.prompt_bucket=8", "grpo.dynamic_sampling=refill"])
 

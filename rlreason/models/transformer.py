@@ -191,6 +191,16 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_length: int) -> KVCache:
     return KVCache(jnp.swapaxes(values, -2, -1), values)
 
 
+def extend_cache(cache: KVCache, slots: int) -> KVCache:
+    """`cache` with `slots` empty slots appended after its last (stacked or per-layer, in the cache's layout)."""
+    def pad(array: jax.Array, axis: int) -> jax.Array:
+        widths = [(0, 0)] * array.ndim
+        widths[axis] = (0, slots)
+        return jnp.pad(array, widths)
+    return KVCache(jax.tree.map(lambda keys: pad(keys, -1), cache.keys),
+                   jax.tree.map(lambda values: pad(values, -2), cache.values))
+
+
 # ----------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Prefill, then KV-cache decoding in one `lax.while_loop` that stops once every row has stopped.
+"""Prefill, then KV-cache decoding in a `lax.while_loop` (one per cache segment) that stops once every row has
+stopped.
 
 Prompts are LEFT-padded: every row's last prompt token sits in the same slot, so one decode step writes
 one cache column for the whole batch. Rotary positions count only real tokens, so a padded row sees the
@@ -16,8 +17,8 @@ import jax.numpy as jnp
 
 from rlreason.config import ModelConfig, SamplingConfig
 from rlreason.models.logprobs import logprobs_of, scale_logits
-from rlreason.models.transformer import (Params, decode_weights, forward, prefill_for_rows, unembed,
-                                         unstack_cache)
+from rlreason.models.transformer import (Params, decode_weights, extend_cache, forward, prefill_for_rows,
+                                         unembed, unstack_cache)
 from rlreason.sampling.tools import ToolTurns, force_observations, initial_turns, queue_observations
 
 
@@ -29,12 +30,19 @@ class SamplingParams:
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
+    decode_segments: int = 1  # the KV cache grows in this many parts (SamplingConfig.decode_segments)
 
     @classmethod
     def from_config(cls, cfg: SamplingConfig, temperature: float | None = None) -> "SamplingParams":
         return cls(max_new_tokens=cfg.max_completion_length,
                    temperature=cfg.temperature if temperature is None else temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p)
+                   top_k=cfg.top_k, top_p=cfg.top_p, decode_segments=cfg.decode_segments)
+
+    def segment_ends(self) -> tuple[int, ...]:
+        """The completion length at the end of each cache segment: `decode_segments` equal parts (fewer if
+        max_new_tokens is smaller), the last ending at max_new_tokens."""
+        parts = min(self.decode_segments, self.max_new_tokens)
+        return tuple(-(-self.max_new_tokens * (part + 1) // parts) for part in range(parts))
 
 
 class Rollout(NamedTuple):
@@ -158,7 +166,8 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
 
     Each prompt is prefilled once, not once per completion: its cache entries and its last position's logits
     are then repeated for the group, which saves (G - 1) / G of the prefill. Only the last prompt position is
-    unembedded.
+    unembedded. The cache holds the prompt and the completion's first segment (`SamplingParams.segment_ends`),
+    and grows by the next segment when the decoding reaches it, so a decode step reads only the written part.
 
     `tools`: the run's tool turns; a call the policy closes gets its result's tokens inserted after it (they
     count against max_new_tokens, carry log-prob 0 and are marked in `observation_mask`). None: no tools.
@@ -166,8 +175,10 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
     prompts, prompt_length = prompt_tokens.shape
     max_new = sampling.max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
-    prompt_valid = jnp.concatenate([prompt_mask, jnp.zeros((prompts, max_new), bool)], axis=1)
-    hidden, cache = prefill_for_rows(params, prompt_tokens, prompt_mask, cfg, prompt_length + max_new, group_size)
+    segment_ends = sampling.segment_ends()
+    prompt_valid = jnp.concatenate([prompt_mask, jnp.zeros((prompts, segment_ends[0]), bool)], axis=1)
+    hidden, cache = prefill_for_rows(params, prompt_tokens, prompt_mask, cfg, prompt_length + segment_ends[0],
+                                     group_size)
     first_logits = unembed(params, hidden[:, -1:], cfg)[:, 0]  # [P, V]
     per_row = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)  # noqa: E731
     cache = unstack_cache(cache)  # per layer
@@ -207,9 +218,11 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
                None if tools is None else initial_turns(batch, max_new, tools))
     record, last_token = emit(initial, 0, per_row(first_logits))
 
-    def keep_going(loop):
-        index, _, _, _, record = loop
-        return (index < max_new) & ~jnp.all(record[3])
+    def keeps_going_to(segment_end: int):
+        def keep_going(loop):
+            index, _, _, _, record = loop
+            return (index < segment_end) & ~jnp.all(record[3])
+        return keep_going
 
     def decode_one(loop):
         index, cache, key_valid, last_token, record = loop
@@ -220,7 +233,15 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
         record, token = emit(record, index, logits[:, 0])
         return index + 1, cache, key_valid, token, record
 
-    _, _, _, _, record = jax.lax.while_loop(keep_going, decode_one, (jnp.int32(1), cache, key_valid, last_token, record))
+    loop = (jnp.int32(1), cache, key_valid, last_token, record)
+    for segment, segment_end in enumerate(segment_ends):
+        if segment:
+            index, cache, key_valid, last_token, record = loop
+            new_slots = segment_end - segment_ends[segment - 1]
+            loop = (index, extend_cache(cache, new_slots), jnp.pad(key_valid, ((0, 0), (0, new_slots))), last_token,
+                    record)
+        loop = jax.lax.while_loop(keeps_going_to(segment_end), decode_one, loop)
+    record = loop[4]
     tokens, logprobs, mask, done, turns = record
     observation_mask = jnp.zeros_like(mask) if turns is None else turns.observation_mask
     return Rollout(prompt_tokens, prompt_mask, tokens, logprobs, mask.astype(jnp.int32), ~done,

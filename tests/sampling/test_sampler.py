@@ -40,11 +40,12 @@ def setup():
     return params, tokens, mask, stops
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature):
+@pytest.mark.parametrize("temperature, decode_segments", [(1.0, 1), (0.7, 1), (1.0, 3)])
+def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature, decode_segments):
     params, tokens, mask, stops = setup
     roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
-                        sampling=SamplingParams(max_new_tokens=12, temperature=temperature))
+                        sampling=SamplingParams(max_new_tokens=12, temperature=temperature,
+                                                decode_segments=decode_segments))
     recomputed = completion_logprobs(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, CFG, temperature)
     completion_mask = np.asarray(roll.completion_mask)
     assert completion_mask.sum() > 12  # something was sampled
@@ -52,10 +53,11 @@ def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature):
                                atol=summation_order_tolerance(roll.logprobs, 6 + 12))
 
 
-def test_cached_greedy_equals_repeated_full_forward(setup):
+@pytest.mark.parametrize("decode_segments", [1, 4])
+def test_cached_greedy_equals_repeated_full_forward(setup, decode_segments):
     params, tokens, mask, stops = setup
     roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
-                        sampling=SamplingParams(max_new_tokens=10, temperature=0.0))
+                        sampling=SamplingParams(max_new_tokens=10, temperature=0.0, decode_segments=decode_segments))
     width = tokens.shape[1] + 10
     # Causal attention: a position's logits do not see the zeros after it, so one compiled width serves every length.
     full_forward = jax.jit(lambda ids: forward(params, ids, positions_from_mask(jnp.ones_like(ids)),
@@ -73,6 +75,29 @@ def test_cached_greedy_equals_repeated_full_forward(setup):
         length = int(roll.completion_mask[row].sum())
         assert list(np.asarray(roll.tokens[row][:length])) == expected
         assert bool(roll.truncated[row]) == (expected[-1] not in stops[row])
+
+
+@pytest.mark.parametrize("max_new, segments, ends", [(12, 3, (4, 8, 12)), (10, 3, (4, 7, 10)), (64, 1, (64,)),
+                                                     (2, 4, (1, 2))])
+def test_segments_split_the_completion_into_equal_parts(max_new, segments, ends):
+    assert SamplingParams(max_new_tokens=max_new, decode_segments=segments).segment_ends() == ends
+
+
+def test_each_decode_segment_reads_only_the_cache_written_so_far(setup):
+    """Three segments of 12 new tokens after 6 prompt slots: three decode loops, each attending over a cache of
+    6 + 4, 6 + 8 and 6 + 12 slots (the keys' last axis), where one segment's loop attends over all 18."""
+    params, tokens, mask, stops = setup
+
+    def decode_loop_widths(segments: int) -> list[int]:
+        jaxpr = jax.make_jaxpr(lambda p: generate(p, tokens, mask, stops, jax.random.key(1), CFG, SamplingParams(
+            max_new_tokens=12, decode_segments=segments)))(params)
+        loops = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "while"]
+        # A layer's keys [B, K, D, S] are the only 4-D carry whose third axis is the head size.
+        return [{var.aval.shape[-1] for var in loop.outvars if var.aval.ndim == 4 and var.aval.shape[2] == CFG.head_dim
+                 and var.aval.shape[:2] == (tokens.shape[0], CFG.num_kv_heads)} for loop in loops]
+
+    assert decode_loop_widths(3) == [{10}, {14}, {18}]
+    assert decode_loop_widths(1) == [{18}]
 
 
 def test_stop_tokens_end_rows_and_mask_covers_the_stop(setup):

@@ -37,7 +37,8 @@ MODEL = ModelConfig(family="qwen2", vocab_size=256, hidden_size=64, num_layers=2
                     head_dim=16, intermediate_size=128, qkv_bias=True, tie_embeddings=False, init_std=0.2)
 BATCH, PROMPT_LENGTH = 8, 6
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
-SAMPLED = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=40, top_p=0.9)
+# The sampled run grows its cache in two segments (each decode loop placed on the mesh).
+SAMPLED = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=40, top_p=0.9, decode_segments=2)
 OPTIMIZER = optax.adam(1e-3)
 
 
