@@ -235,7 +235,7 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_mask: jax.Array, s
 
     loop = (jnp.int32(1), cache, key_valid, last_token, record)
     for segment, segment_end in enumerate(segment_ends):
-        if segment:
+        if segment:  # room for this segment's tokens: the cache and key_valid gain its slots
             index, cache, key_valid, last_token, record = loop
             new_slots = segment_end - segment_ends[segment - 1]
             loop = (index, extend_cache(cache, new_slots), jnp.pad(key_valid, ((0, 0), (0, new_slots))), last_token,
