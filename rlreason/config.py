@@ -213,8 +213,8 @@ class SamplingConfig:
     prompt_bucket: int = 0
     max_completion_length: int = 64  # with tools: the policy's tokens and the inserted results together
     # N > 1: the KV cache grows in N equal parts of the completion, and each decode step attends over the parts
-    # written so far instead of the whole cache: about (N - 1) / 2N less cache read per token (it dominates long
-    # completions' decoding), for N copies of the decode loop to compile.
+    # written so far instead of the whole cache: about (N - 1) / 2N fewer of the completion's slots read per token
+    # (the cache's reads dominate long completions' decoding), for N copies of the decode loop to compile.
     decode_segments: int = 1
     tools: ToolsConfig = ToolsConfig()
 
