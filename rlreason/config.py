@@ -78,6 +78,10 @@ class ModelConfig:
     # splash: the Pallas splash (flash) attention kernel of TPUs (rlreason.models.splash; interpreted, slowly,
     # elsewhere), not with sliding windows. Decoding against the KV cache always takes the einsum path.
     attention: Literal["einsum", "xla", "cudnn", "splash"] = "einsum"
+    # The einsum path without a KV cache (update, reference pass, prefill) takes the queries in blocks of this many
+    # positions, each block attending only to the keys up to its own end: causal attention then skips the scores
+    # above the diagonal's blocks, (n - 1) / 2n of them in n blocks. 0: all queries against all keys at once.
+    attention_block_size: int = 0
     init_std: float = 0.02
 
     def validate(self, path: str) -> None:
@@ -91,6 +95,11 @@ class ModelConfig:
         _require(self.attention != "splash" or self.sliding_window == 0, f"{path}.attention",
                  f"must not be 'splash' for a model with sliding-window layers (sliding_window="
                  f"{self.sliding_window}): the splash kernel's mask is causal over the whole sequence; use 'einsum'")
+        _require(self.attention_block_size >= 0, f"{path}.attention_block_size",
+                 f"must be >= 0 (0: no blocks), got {self.attention_block_size}")
+        _require(self.attention_block_size == 0 or self.attention == "einsum", f"{path}.attention_block_size",
+                 f"applies to the einsum attention path only (model.attention is {self.attention!r}, whose kernel "
+                 f"decides its own blocks); set it to 0 or model.attention to 'einsum'")
         _require(self.logprob_chunk_size >= 0, f"{path}.logprob_chunk_size",
                  f"must be >= 0 (0: no chunks), got {self.logprob_chunk_size}")
         for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -101,7 +110,7 @@ class ModelConfig:
 # ModelConfig fields that say how a run computes rather than what the model is: a run from a model directory takes
 # them from its own config, everything else from the directory.
 MODEL_RUN_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "remat_policy", "logprob_chunk_size", "attention",
-                      "init_std")
+                      "attention_block_size", "init_std")
 
 
 @dataclasses.dataclass(frozen=True)

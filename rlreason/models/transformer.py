@@ -380,18 +380,40 @@ def _attention(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Arra
                                                      (0, 0, cache_index, 0))
         layer_cache = (attend_keys, attend_values)
     groups = heads // cfg.num_kv_heads
-    # Queries as [B, K, G * T, D]: both products are then dots batched over (row, kv head) in the keys' order.
     by_head = jnp.transpose(queries.reshape(batch, length, cfg.num_kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    by_head = by_head.reshape(batch, cfg.num_kv_heads, groups * length, head_dim)
-    logits = jnp.einsum("bkqd,bkds->bkqs", by_head, attend_keys.astype(dtype), preferred_element_type=jnp.float32)
-    logits = softcap(logits * scale, cfg.attn_logit_softcap)
-    key_mask = jnp.broadcast_to(mask[:, None, None], (batch, 1, groups, length, mask.shape[-1]))
-    logits = jnp.where(key_mask.reshape(batch, 1, groups * length, -1), logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    attended = matmul("bkqs,bksd->bkqd", weights, attend_values.astype(dtype))
-    attended = attended.reshape(batch, cfg.num_kv_heads, groups, length, head_dim)
+    attend_keys, attend_values = attend_keys.astype(dtype), attend_values.astype(dtype)
+    if layer_cache is None:  # the mask is causal (a query's keys end at its own slot): a block needs keys to its end
+        spans = [(start, end, end) for start, end in query_blocks(length, cfg.attention_block_size)]
+    else:
+        spans = [(0, length, mask.shape[-1])]
+    attended = jnp.concatenate(
+        [_attend_block(by_head[:, :, :, start:end], attend_keys[..., :key_end], attend_values[:, :, :key_end],
+                       mask[:, start:end, :key_end], scale, cfg.attn_logit_softcap) for start, end, key_end in spans],
+        axis=3)
     attended = jnp.transpose(attended, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
     return project(layer, "o_proj", attended, dtype), keys, values, layer_cache
+
+
+def query_blocks(length: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each block of `block_size` consecutive query positions of `length` (the last block may be
+    shorter); one block of all of them for a block_size of 0."""
+    step = block_size if block_size > 0 else length
+    return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def _attend_block(queries: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, scale: float,
+                  logit_softcap: float) -> jax.Array:
+    """softmax(queries . keys * scale, masked) . values for each kv head's G query heads. queries: [B, K, G, T, D];
+    keys: [B, K, D, S]; values: [B, K, S, D]; mask: [B, T, S]. Returns [B, K, G, T, D]."""
+    batch, kv_heads, groups, length, head_dim = queries.shape
+    # Queries as [B, K, G * T, D]: both products are then dots batched over (row, kv head) in the keys' order.
+    by_head = queries.reshape(batch, kv_heads, groups * length, head_dim)
+    logits = jnp.einsum("bkqd,bkds->bkqs", by_head, keys, preferred_element_type=jnp.float32)
+    logits = softcap(logits * scale, logit_softcap)
+    key_mask = jnp.broadcast_to(mask[:, None, None], (batch, 1, groups, length, mask.shape[-1]))
+    logits = jnp.where(key_mask.reshape(batch, 1, groups * length, -1), logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(queries.dtype)
+    return matmul("bkqs,bksd->bkqd", weights, values).reshape(batch, kv_heads, groups, length, head_dim)
 
 
 def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -40,10 +40,13 @@ def setup():
     return params, tokens, mask, stops
 
 
-@pytest.mark.parametrize("temperature, decode_segments", [(1.0, 1), (0.7, 1), (1.0, 3)])
-def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature, decode_segments):
+@pytest.mark.parametrize("temperature, decode_segments, attention_block_size",
+                         [(1.0, 1, 0), (0.7, 1, 0), (1.0, 3, 0), (1.0, 1, 4)])
+def test_sampled_logprobs_equal_full_forward_logprobs(setup, temperature, decode_segments, attention_block_size):
+    """The last case prefills in causal query blocks (model.attention_block_size); the reference pass does not."""
     params, tokens, mask, stops = setup
-    roll = generate_jit(params, tokens, mask, stops, jax.random.key(1), cfg=CFG,
+    roll = generate_jit(params, tokens, mask, stops, jax.random.key(1),
+                        cfg=dataclasses.replace(CFG, attention_block_size=attention_block_size),
                         sampling=SamplingParams(max_new_tokens=12, temperature=temperature,
                                                 decode_segments=decode_segments))
     recomputed = completion_logprobs(params, roll.prompt_tokens, roll.prompt_mask, roll.tokens, CFG, temperature)
