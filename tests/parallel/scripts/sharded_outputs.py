@@ -2,15 +2,16 @@
 
 usage: python sharded_outputs.py OUT.npz DATA,FSDP,TENSOR [DATA,FSDP,TENSOR ...]
 
-Writes, for the reference ("single") and for each mesh ("DxFxT"): forward logits, prefill logits and KV cache
-through a cache placed by `cache_sharding`, greedy and sampled `generate` outputs, the parameter values, the
-PartitionSpec and local shard shape of every parameter leaf, the most bytes a device holds for the params and
-for an Adam state, and the compiled per-device peak of the sharded initializer. The pytest side compares them;
-this script only computes.
+Writes, for the reference ("single") and for each mesh ("DxFxT"): forward logits, prefill logits (in causal
+query blocks) and KV cache through a cache placed by `cache_sharding`, greedy and sampled `generate` outputs, the
+parameter values, the PartitionSpec and local shard shape of every parameter leaf, the most bytes a device holds
+for the params and for an Adam state, and the compiled per-device peak of the sharded initializer. The pytest side
+compares them; this script only computes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -36,6 +37,8 @@ from rlreason.sampling.sampler import SamplingParams, generate  # noqa: E402
 MODEL = ModelConfig(family="qwen2", vocab_size=256, hidden_size=64, num_layers=2, num_heads=8, num_kv_heads=2,
                     head_dim=16, intermediate_size=128, qkv_bias=True, tie_embeddings=False, init_std=0.2)
 BATCH, PROMPT_LENGTH = 8, 6
+# The prefill attends in causal query blocks (two: positions 0-3 and 4-5), each block's keys sliced on the mesh.
+BLOCKED = dataclasses.replace(MODEL, attention_block_size=4)
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
 # The sampled run grows its cache in two segments (each decode loop placed on the mesh).
 SAMPLED = SamplingParams(max_new_tokens=8, temperature=1.0, top_k=40, top_p=0.9, decode_segments=2)
@@ -56,7 +59,7 @@ def run(params, adam_state, tokens, mask, stop_tokens, rng, cache) -> dict[str, 
     positions = positions_from_mask(mask)
     logits, _ = jax.jit(forward, static_argnums=4)(params, tokens, positions, mask, MODEL)
     key_valid = jnp.concatenate([mask, jnp.zeros((BATCH, cache.values.shape[3] - PROMPT_LENGTH), bool)], axis=1)
-    prefill_logits, cache = jax.jit(forward, static_argnums=4)(params, tokens, positions, key_valid, MODEL, cache)
+    prefill_logits, cache = jax.jit(forward, static_argnums=4)(params, tokens, positions, key_valid, BLOCKED, cache)
     sample = jax.jit(generate, static_argnums=(5, 6))
     greedy = sample(params, tokens, mask, stop_tokens, rng, MODEL, GREEDY)
     sampled = sample(params, tokens, mask, stop_tokens, rng, MODEL, SAMPLED)
