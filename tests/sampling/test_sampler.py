@@ -91,7 +91,7 @@ def test_each_decode_segment_reads_only_the_cache_written_so_far(setup):
     6 + 4, 6 + 8 and 6 + 12 slots (the keys' last axis), where one segment's loop attends over all 18."""
     params, tokens, mask, stops = setup
 
-    def decode_loop_widths(segments: int) -> list[int]:
+    def decode_loop_widths(segments: int) -> list[set[int]]:
         jaxpr = jax.make_jaxpr(lambda p: generate(p, tokens, mask, stops, jax.random.key(1), CFG, SamplingParams(
             max_new_tokens=12, decode_segments=segments)))(params)
         loops = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "while"]
