@@ -18,6 +18,7 @@ import sys
 import typing
 
 from rlreason.config import GRPOConfig
+from rlreason.huge_pages import rerun_with_huge_pages
 
 REWARD_CONTROLS = typing.get_args(typing.get_type_hints(GRPOConfig)["reward_control"])
 
@@ -286,6 +287,10 @@ def _run(args: argparse.Namespace, cfg, arguments: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command in `argv`, or, as the process's entry point (argv None), in sys.argv after re-running the
+    process with huge pages for its large buffers (rlreason.huge_pages) where it lacks them."""
+    if argv is None:
+        rerun_with_huge_pages()
     arguments = sys.argv[1:] if argv is None else argv
     command = arguments[0] if arguments else "rlreason"
     try:

@@ -26,6 +26,7 @@ import jax
 
 from rlreason.config import Config
 from rlreason.data import synthetic
+from rlreason.huge_pages import huge_pages_on
 from rlreason.models.store import save_model
 from rlreason.models.transformer import init_params
 from rlreason.parallel.memory import max_device_bytes
@@ -157,6 +158,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
         "params_plus_opt_bytes_one_device": state_bytes["params_total"] + state_bytes["opt_state_total"],
         "lora_base_bytes_per_device": state_bytes["base"],  # the frozen (maybe quantized) base; 0 without LoRA
         "loadavg_1m": os.getloadavg()[0],
+        # Whether the host's large buffers (XLA's CPU temporaries) get transparent huge pages (rlreason.huge_pages).
+        "host_huge_pages": huge_pages_on(),
         # Programs this process compiled and loaded from the persistent cache: a warm rerun compiles none.
         "programs_compiled": programs["compiled"],
         "programs_loaded_from_cache": programs["loaded"],
@@ -171,7 +174,8 @@ def run_bench(cfg: Config, show_progress: bool = False) -> dict:
           f"{flops['decode'] / 1e9:.2f}, reference {flops['reference'] / 1e9:.2f}, policy {flops['policy'] / 1e9:.2f})"
           f" = {result['achieved_gflops']:.1f} GFLOP/s; a {trainer.model_cfg.dtype} matmul peaks at "
           f"{result['peak_matmul_gflops']:.1f} GFLOP/s here: MFU {result['mfu']:.3f}")
-    print(f"  peak memory {memory / 2**20:,.0f} MiB ({memory_source})")
+    print(f"  peak memory {memory / 2**20:,.0f} MiB ({memory_source}); host buffers in "
+          f"{'transparent huge pages' if result['host_huge_pages'] else '4 KiB pages (see rlreason.huge_pages)'}")
     print(f"  per-device params {state_bytes['params']:,} B + optimizer {state_bytes['opt_state']:,} B "
           f"(one device would hold {result['params_plus_opt_bytes_one_device']:,} B)"
           + (f"; the LoRA base {state_bytes['base']:,} B" if state_bytes["base"] else ""))
