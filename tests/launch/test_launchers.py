@@ -245,6 +245,22 @@ def test_the_peer_comparison_refuses_without_the_peers_environments(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_the_peers_run_with_huge_pages_only_when_asked(tmp_path, monkeypatch):
+    """--peers-huge-pages hands a peer harness the host allocator setting rlreason's command line gives itself;
+    without it the harness gets the caller's environment. The peer's "python" here prints what it was given."""
+    fake_python = tmp_path / "trl" / "bin" / "python"
+    fake_python.parent.mkdir(parents=True)
+    fake_python.write_text('#!/bin/sh\necho "{\\"median_step_s\\": 1.0, \\"tunables\\": \\"$GLIBC_TUNABLES\\"}"\n')
+    fake_python.chmod(0o755)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    compare = launcher("compare_peers")
+    monkeypatch.setattr(compare, "thp_mode", lambda: "madvise")
+    monkeypatch.setattr(compare.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert compare.run_peer("trl", tmp_path, 1)["tunables"] == "glibc.malloc.arena_max=2"
+    assert compare.run_peer("trl", tmp_path, 1, huge_pages=True)["tunables"] == (
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+
+
 def test_the_scaling_sweep_widens_the_model_in_the_base_shape():
     base = load_config(REPO / "configs" / "bench_peers.yaml").model  # hidden 256: 4 heads of 64, 2 KV, MLP 688
     assert launcher("scaling").width_overrides(base, 1024) == [
