@@ -70,7 +70,7 @@ def rerun_with_huge_pages() -> None:
     where that changes anything; returns otherwise. Call it first thing in a program's entry point: nothing
     after it runs in the replaced process."""
     environment = huge_pages_environment(os.environ, platform.libc_ver(), thp_mode())
-    if environment is not None:
+    if environment is not None and sys.executable:  # an embedding interpreter may not know its own program
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
