@@ -64,13 +64,17 @@ def test_only_the_process_entry_point_reruns(monkeypatch):
     assert cli.main(["train", "configs/missing.yaml"]) == 2 and calls == ["rerun"]
 
 
+def machine_thp_mode_line() -> str:
+    """The kernel's THP mode line as it reads, e.g. "always [madvise] never"; "" without one."""
+    mode_file = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return mode_file.read_text() if mode_file.exists() else ""
+
+
 def machine_gives_huge_pages_on_request() -> bool:
     """glibc 2.35+ (which has the tunable) and a kernel in THP mode madvise, told from the machine directly."""
     name, version = platform.libc_ver()
-    mode_file = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    mode = mode_file.read_text() if mode_file.exists() else ""
     return (name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
-            and "[madvise]" in mode)
+            and "[madvise]" in machine_thp_mode_line())
 
 
 @pytest.mark.skipif(not machine_gives_huge_pages_on_request(), reason="needs glibc >= 2.35 and THP mode madvise")

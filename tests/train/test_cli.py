@@ -103,10 +103,9 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert "split: sampling" in result.stdout
     assert 0 < figures["median_reference_s"] < figures["median_update_s"]  # a part of the update (beta > 0)
     # The command line re-ran itself with huge pages wherever the machine gives them on request (rlreason.huge_pages).
-    from test_huge_pages import machine_gives_huge_pages_on_request
+    from test_huge_pages import machine_gives_huge_pages_on_request, machine_thp_mode_line
 
-    thp_mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    always = thp_mode.exists() and "[always]" in thp_mode.read_text()
+    always = "[always]" in machine_thp_mode_line()
     assert figures["host_huge_pages"] is (always or machine_gives_huge_pages_on_request())
     # MFU: the step's model FLOPs per second over a matmul peak measured in the same run.
     assert figures["achieved_gflops"] == pytest.approx(figures["step_gflop"] / figures["median_step_s"], rel=0.01)
