@@ -288,6 +288,43 @@ def _matmul_backward(equation, operands, gradient):
 matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
+def _silu_times(gate: jax.Array, up: jax.Array) -> jax.Array:
+    return jax.nn.silu(gate) * up
+
+
+@jax.custom_vjp
+def silu_gated(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up elementwise, in the operands' dtype: a SiLU MLP's hidden values ([rows, intermediate]).
+
+    Its gradient is written out, one expression per operand, which XLA's CPU backend fuses into one kernel;
+    autodiff of the expression leaves the sigmoid's and the products' pieces as kernels of their own over the
+    whole [rows, intermediate] (their cost: docs/benchmarks.md). The gradient is computed in float32 and returned
+    in each operand's dtype."""
+    return _silu_times(gate, up)
+
+
+def _silu_gated_forward(gate, up):
+    return _silu_times(gate, up), (gate, up)
+
+
+def _silu_gated_backward(operands, gradient):
+    gate, up = operands
+    gate32, up32, gradient32 = (x.astype(jnp.float32) for x in (gate, up, gradient))
+    sigmoid = jax.nn.sigmoid(gate32)
+    silu = gate32 * sigmoid
+    # d silu(g) / dg = sigmoid(g) + g sigmoid(g) (1 - sigmoid(g))
+    return ((gradient32 * up32 * (sigmoid + silu * (1 - sigmoid))).astype(gate.dtype),
+            (gradient32 * silu).astype(up.dtype))
+
+
+silu_gated.defvjp(_silu_gated_forward, _silu_gated_backward)
+
+# ModelConfig.hidden_act -> the MLP's activation(gate) * up: SiLU's with its gradient written out (silu_gated),
+# the others differentiated by JAX.
+GATED_ACTIVATIONS = {**{name: (lambda gate, up, activation=activation: activation(gate) * up)
+                        for name, activation in ACTIVATIONS.items()}, "silu": silu_gated}
+
+
 # Each projection weight's einsum with its input: "<input axes>,<weight axes>-><output axes>". Every weight leads
 # with the axes it contracts, which trail its input.
 PROJECTIONS = {"q_proj": "bte,ehd->bthd", "k_proj": "bte,ekd->btkd", "v_proj": "bte,ekd->btkd",
@@ -423,8 +460,7 @@ def _mlp(layer: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
     rows = x.reshape(-1, x.shape[-1])
     gate = project(layer, "gate_proj", rows, dtype)
     up = project(layer, "up_proj", rows, dtype)
-    activation = ACTIVATIONS[cfg.hidden_act]
-    return project(layer, "down_proj", activation(gate) * up, dtype).reshape(x.shape)
+    return project(layer, "down_proj", GATED_ACTIVATIONS[cfg.hidden_act](gate, up), dtype).reshape(x.shape)
 
 
 def _block(layer: Params, x: jax.Array, positions: jax.Array, mask: jax.Array, cfg: ModelConfig,

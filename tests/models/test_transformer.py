@@ -1,4 +1,5 @@
-"""The model against itself under equivalent inputs: padding, caching, scanning, sliding windows."""
+"""The model against itself under equivalent inputs: padding, caching, scanning, sliding windows; and the SiLU
+MLP's hand-written gradient against its formula."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ from rlreason.config import LoraConfig, ModelConfig
 from rlreason.models.lora import init_adapters, with_adapters
 from rlreason.models.transformer import (PROJECTIONS, OutputMajor, decode_weights, forward, init_cache, init_params,
                                          layer_list, layer_windows, logical_axes, param_specs, positions_from_mask,
-                                         project)
+                                         project, silu_gated)
 
 FAMILIES = {
     "llama": {},
@@ -138,3 +139,23 @@ def test_decode_weights_keep_float32_weights_as_they_are():
     assert isinstance(prepared, tuple) and len(prepared) == 3
     for name in PROJECTIONS:
         np.testing.assert_array_equal(prepared[2][name], params["layers"][name][2])
+
+
+@pytest.mark.parametrize("dtype, value_rtol, gradient_rtol", [("float32", 1e-6, 1e-6),
+                                                             ("bfloat16", 2.0**-6, 2.0**-8)])
+def test_silu_gated_gradient_follows_its_formula(dtype, value_rtol, gradient_rtol):
+    """silu(g) u and its gradients against float64 numpy: d/dg = c u (s + g s (1 - s)), d/du = c g s, with s the
+    logistic sigmoid of g and c the incoming gradient. Tolerances: float32 rounding of a few operations; for
+    bfloat16 operands the value takes a bfloat16 rounding in each of its few operations (2^-9 relative each) and
+    each gradient, computed in float32, one rounding of its result."""
+    rng = np.random.default_rng(0)
+    gate, up, incoming = (jnp.asarray(rng.normal(0, 3, (6, 40)), dtype) for _ in range(3))
+    out, pullback = jax.vjp(silu_gated, gate, up)
+    gate_grad, up_grad = pullback(incoming)
+    g, u, c = (np.asarray(x, np.float64) for x in (gate, up, incoming))
+    sigmoid = 1 / (1 + np.exp(-g))
+    for got, want, rtol in [(out, g * sigmoid * u, value_rtol),
+                            (gate_grad, c * u * (sigmoid + g * sigmoid * (1 - sigmoid)), gradient_rtol),
+                            (up_grad, c * g * sigmoid, gradient_rtol)]:
+        assert got.dtype == jnp.dtype(dtype)
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=rtol * np.abs(want).max())
