@@ -2,13 +2,12 @@
 transparent huge pages on request, and the re-run process's large buffers then fault in whole huge pages."""
 
 import os
-import platform
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from host_pages import machine_gives_huge_pages_on_request
 
 from rlreason import cli, huge_pages
 from rlreason.huge_pages import huge_pages_environment, thp_mode
@@ -62,19 +61,6 @@ def test_only_the_process_entry_point_reruns(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["rlreason", "train", "configs/missing.yaml"])
     assert cli.main() == 2 and calls == ["rerun"]
     assert cli.main(["train", "configs/missing.yaml"]) == 2 and calls == ["rerun"]
-
-
-def machine_thp_mode_line() -> str:
-    """The kernel's THP mode line as it reads, e.g. "always [madvise] never"; "" without one."""
-    mode_file = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return mode_file.read_text() if mode_file.exists() else ""
-
-
-def machine_gives_huge_pages_on_request() -> bool:
-    """glibc 2.35+ (which has the tunable) and a kernel in THP mode madvise, told from the machine directly."""
-    name, version = platform.libc_ver()
-    return (name == "glibc" and tuple(int(part) for part in version.split(".")[:2]) >= (2, 35)
-            and "[madvise]" in machine_thp_mode_line())
 
 
 @pytest.mark.skipif(not machine_gives_huge_pages_on_request(), reason="needs glibc >= 2.35 and THP mode madvise")

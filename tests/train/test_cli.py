@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from host_pages import machine_gives_huge_pages_on_request, machine_thp_mode_line
 
 from rlreason.cli import COMMANDS, WITHOUT_CONFIG, _parse, main
 
@@ -103,8 +104,6 @@ def test_bench_prints_phase_times_and_memory(tiny_base_model):
     assert "split: sampling" in result.stdout
     assert 0 < figures["median_reference_s"] < figures["median_update_s"]  # a part of the update (beta > 0)
     # The command line re-ran itself with huge pages wherever the machine gives them on request (rlreason.huge_pages).
-    from test_huge_pages import machine_gives_huge_pages_on_request, machine_thp_mode_line
-
     always = "[always]" in machine_thp_mode_line()
     assert figures["host_huge_pages"] is (always or machine_gives_huge_pages_on_request())
     # MFU: the step's model FLOPs per second over a matmul peak measured in the same run.
